@@ -1,0 +1,379 @@
+"""Train a LoRA on any diffusers Stable Diffusion 1.x-family model: ``python -m harness train-lora``.
+
+Standard SD LoRA training (as in diffusers' ``train_text_to_image_lora.py``): the images are VAE-encoded
+once (they are fixed and not augmented, so the latents are cached), noised with the model's own DDPM
+schedule, and a peft LoRA on the UNet (optionally also on the text encoder) learns to predict the noise
+(or v, when the scheduler says so) under an MSE loss with AdamW, in fp32.
+
+Determinism and resuming: every random draw of a step (which images, flips, latent samples, noise,
+timesteps) comes from a generator seeded by ``(seed, step)``, so a run resumed from a checkpoint
+(LoRA weights + optimizer state + step) makes exactly the same draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+import harness
+from harness.io import stable_hash
+from harness.training import TrainingInputError
+from harness.training.checkpoint import load_checkpoint, save_checkpoint
+from harness.training.dataset import load_examples, open_rgb, resize_and_center_crop
+from harness.training.lora_file import adapter_config, save_lora_file
+
+DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+DEFAULT_TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+MAX_GRAD_NORM = 1.0
+WEIGHT_DECAY = 1e-2
+
+__all__ = ["train_lora", "fit_lora", "TrainedLora", "load_examples", "main", "TrainingInputError"]
+
+
+@dataclass
+class TrainedLora:
+    """A pipeline whose UNet (and text encoder) carry the trained ``default`` peft adapter."""
+
+    pipeline: Any
+    parts: dict[str, tuple[torch.nn.Module, list[str]]]  # "unet"/"text_encoder" -> (module, target modules)
+    rank: int
+    alpha: float
+    record: dict[str, Any]  # the training record stored in the file's metadata
+
+    def save(self, output_path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the LoRA as safetensors (atomically); ``metadata`` is stored next to the training record."""
+        from peft.utils import get_peft_model_state_dict
+
+        file_parts = {part: (_cpu(get_peft_model_state_dict(module)), adapter_config(self.rank, self.alpha, targets))
+                      for part, (module, targets) in self.parts.items()}
+        return save_lora_file(output_path, file_parts, {**(metadata or {}), **self.record})
+
+
+def train_lora(
+    base_model: str | Path,
+    examples: list[tuple[Image.Image | Path, str]],
+    output_path: str | Path,
+    *,
+    rank: int = 8,
+    alpha: float | None = None,
+    steps: int = 500,
+    learning_rate: float = 1e-4,
+    batch_size: int = 4,
+    resolution: int = 512,
+    unet_target_modules: list[str] | None = None,
+    train_text_encoder: bool = False,
+    text_encoder_target_modules: list[str] | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = True,
+    device: str = "auto",
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    flip: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train a LoRA on ``examples`` ((image, caption) pairs) and save it to ``output_path`` (safetensors).
+
+    ``alpha`` defaults to ``rank`` (scale 1). ``metadata`` (e.g. ``{"trigger": "zqx girl"}``) is stored in
+    the file next to the training record. With ``checkpoint_dir`` and ``checkpoint_every > 0`` a checkpoint
+    is written every that many steps; with ``resume`` a rerun continues from it. ``flip`` adds random
+    horizontal flips (off by default: identity LoRAs care about asymmetry). ``on_step(step, loss)`` is
+    called after every optimizer step. Returns ``output_path``.
+    """
+    output_path = Path(output_path)
+    if output_path.suffix != ".safetensors":
+        raise TrainingInputError(f"The LoRA output {str(output_path)!r} is not a .safetensors path. Fix: name "
+                                 "the output file <name>.safetensors.")
+    trained = fit_lora(
+        base_model, examples, rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
+        batch_size=batch_size, resolution=resolution, unet_target_modules=unet_target_modules,
+        train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
+        seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+        device=device, progress=progress, flip=flip, on_step=on_step,
+    )
+    return trained.save(output_path, metadata)
+
+
+def fit_lora(
+    base_model: str | Path,
+    examples: list[tuple[Image.Image | Path, str]],
+    *,
+    rank: int = 8,
+    alpha: float | None = None,
+    steps: int = 500,
+    learning_rate: float = 1e-4,
+    batch_size: int = 4,
+    resolution: int = 512,
+    unet_target_modules: list[str] | None = None,
+    train_text_encoder: bool = False,
+    text_encoder_target_modules: list[str] | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+    flip: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainedLora:
+    """The training itself (see ``train_lora``); returns the pipeline with the trained adapter, unsaved."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    from harness.models import load_pipeline, model_identity
+
+    alpha = float(rank if alpha is None else alpha)
+    unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
+    text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
+    _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every)
+
+    pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
+    captions = [caption for _, caption in examples]
+
+    pipe = load_pipeline(base_model, scheduler="default", dtype="float32", device=device)
+    unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
+    run_device = unet.device
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+
+    latent_mean, latent_std = _encode_images(vae, pixels, batch_size, run_device, flip)
+    input_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids.to(run_device)
+    cached_text = None
+    if not train_text_encoder:  # a frozen encoder gives the same states every step: compute them once
+        with torch.no_grad():
+            cached_text = torch.cat([text_encoder(input_ids[i:i + batch_size])[0]
+                                     for i in range(0, len(input_ids), batch_size)])
+
+    torch.manual_seed(seed)  # LoRA A-matrix initialisation
+    parts = {"unet": (unet, unet_targets)}
+    if train_text_encoder:
+        parts["text_encoder"] = (text_encoder, text_targets)
+    for part, (module, targets) in parts.items():
+        try:
+            module.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
+                                          init_lora_weights=True))
+        except ValueError as error:
+            raise TrainingInputError(
+                f"Could not put a LoRA on the {part} with target modules {targets}: {error}. Fix: name "
+                f"modules that exist in the {part} (module-name suffixes such as "
+                f"{DEFAULT_UNET_TARGETS if part == 'unet' else DEFAULT_TEXT_ENCODER_TARGETS})."
+            ) from error
+        module.train()
+    trainable = [p for module, _ in parts.values() for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=WEIGHT_DECAY)
+
+    identity = model_identity(base_model)
+    fingerprint = stable_hash({
+        "base": identity["base_hash"], "pixels": hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
+        "captions": captions, "rank": rank, "alpha": alpha, "lr": learning_rate, "batch_size": batch_size,
+        "resolution": resolution, "unet_targets": unet_targets, "text_targets": text_targets, "seed": seed,
+        "flip": flip,
+    })
+    start_step, losses = 0, []
+    if checkpoint_dir and resume:
+        state = load_checkpoint(checkpoint_dir, fingerprint)
+        if state is not None:
+            if state["step"] > steps:
+                raise TrainingInputError(
+                    f"The checkpoint in {str(checkpoint_dir)!r} is at step {state['step']}, past the "
+                    f"{steps} steps asked for. Fix: ask for at least {state['step']} steps, or use another "
+                    "--checkpoint-dir."
+                )
+            for part, (module, _) in parts.items():
+                set_peft_model_state_dict(module, state["lora"][part])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            start_step, losses = state["step"], list(state["losses"])
+
+    batches = _BatchSchedule(len(examples), batch_size, seed)
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-lora", disable=not progress)
+    for step in bar:
+        generator = torch.Generator().manual_seed(_derived_seed(seed, "step", step))
+        index = batches.indices(step)
+        orientation = (torch.randint(0, 2, (len(index),), generator=generator) if flip
+                       else torch.zeros(len(index), dtype=torch.long))
+        mean, std = latent_mean[orientation, index], latent_std[orientation, index]
+        latents = (mean + std * torch.randn(mean.shape, generator=generator).to(run_device))
+        latents = latents * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(run_device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
+                                  generator=generator).to(run_device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
+        prediction = unet(noisy, timesteps, text_states).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if on_step is not None:
+            on_step(step, losses[-1])
+        if checkpoint_dir and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, {
+                "fingerprint": fingerprint, "step": step + 1, "losses": losses, "torch_rng": torch.get_rng_state(),
+                "optimizer": optimizer.state_dict(),
+                "lora": {part: _cpu(get_peft_model_state_dict(module)) for part, (module, _) in parts.items()},
+            })
+    bar.close()
+    for module, _ in parts.values():
+        module.eval()
+
+    record = {
+        "trainer": "harness.train_lora", "harness_version": harness.__version__,
+        "base_model": identity, "rank": rank, "alpha": alpha, "steps": steps, "learning_rate": learning_rate,
+        "batch_size": batch_size, "resolution": resolution, "unet_target_modules": unet_targets,
+        "train_text_encoder": train_text_encoder, "text_encoder_target_modules": text_targets, "seed": seed,
+        "flip": flip, "prediction_type": prediction_type, "num_images": len(examples),
+        "captions": sorted(set(captions))[:50],
+        # mean loss of the last tenth of training: noisy (random timesteps) but comparable between runs
+        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
+    }
+    return TrainedLora(pipe, parts, rank, alpha, record)
+
+
+class _BatchSchedule:
+    """Batch indices for any step: epochs of seeded permutations, so no state is needed to resume."""
+
+    def __init__(self, count: int, batch_size: int, seed: int) -> None:
+        self.count, self.batch_size, self.seed = count, batch_size, seed
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(_derived_seed(self.seed, "epoch", epoch))
+            self._permutations = {epoch: torch.randperm(self.count, generator=generator)}  # keep one epoch
+        return self._permutations[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        return torch.stack([self._permutation(p // self.count)[p % self.count] for p in positions])
+
+
+def _derived_seed(seed: int, *names: Any) -> int:
+    return int(stable_hash([seed, *names]), 16) % (2**63)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float tensor (3, H, W) in [-1, 1], as the VAE expects."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@torch.no_grad()
+def _encode_images(vae: Any, pixels: torch.Tensor, batch_size: int, device: torch.device,
+                   flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent mean and std for each image (and its mirror image when ``flip``): (orientations, N, C, h, w)."""
+    views = [pixels, pixels.flip(-1)] if flip else [pixels]
+    means, stds = [], []
+    for view in views:
+        distributions = [vae.encode(view[i:i + batch_size].to(device)).latent_dist
+                         for i in range(0, len(view), batch_size)]
+        means.append(torch.cat([d.mean for d in distributions]))
+        stds.append(torch.cat([d.std for d in distributions]))
+    return torch.stack(means), torch.stack(stds)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().to("cpu").clone() for key, value in state.items()}
+
+
+def _check_settings(examples: list, rank: int, steps: int, batch_size: int, resolution: int,
+                    checkpoint_dir: Any, checkpoint_every: int) -> None:
+    problems = []
+    if not examples:
+        problems.append("no training examples were given (pass at least one (image, caption) pair)")
+    if rank < 1:
+        problems.append(f"rank must be >= 1 (got {rank})")
+    if steps < 0:
+        problems.append(f"steps must be >= 0 (got {steps})")
+    if batch_size < 1:
+        problems.append(f"batch size must be >= 1 (got {batch_size})")
+    if resolution < 8 or resolution % 8:
+        problems.append(f"resolution must be a positive multiple of 8 (got {resolution})")
+    if checkpoint_every < 0 or (checkpoint_every and not checkpoint_dir):
+        problems.append("checkpoint_every needs a checkpoint_dir and must be >= 0")
+    if problems:
+        raise TrainingInputError("Cannot train the LoRA: " + "; ".join(problems) + ". Fix: correct those settings.")
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness train-lora",
+        description="Train a LoRA on a folder of images (kohya-style img.png + img.txt captions, or a trigger "
+                    "phrase for all) for a diffusers Stable Diffusion 1.x-family model; save it as safetensors.",
+    )
+    parser.add_argument("--base", required=True, help="base model: diffusers folder, single-file checkpoint or hub id")
+    parser.add_argument("--images", required=True, help="folder of training images (+ optional caption files)")
+    parser.add_argument("--trigger", default=None, help="trigger phrase: captions every image, or is put in "
+                                                        "front of captions that lack it")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--caption-extension", default=".txt")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--text-encoder", action="store_true", help="also train a LoRA on the text encoder")
+    parser.add_argument("--unet-targets", nargs="+", default=None,
+                        help=f"UNet module-name suffixes (default {' '.join(DEFAULT_UNET_TARGETS)}; "
+                             "e.g. add proj_in proj_out ff.net.0.proj ff.net.2)")
+    parser.add_argument("--text-encoder-targets", nargs="+", default=None,
+                        help=f"text-encoder modules (default {' '.join(DEFAULT_TEXT_ENCODER_TARGETS)})")
+    parser.add_argument("--flip", action="store_true", help="random horizontal flips (off: keeps asymmetry)")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.models import ModelLoadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        examples = load_examples(args.images, trigger=args.trigger, caption_extension=args.caption_extension)
+        path = train_lora(
+            args.base, examples, args.out, rank=args.rank, alpha=args.alpha, steps=args.steps,
+            learning_rate=args.lr, batch_size=args.batch_size, resolution=args.resolution,
+            unet_target_modules=args.unet_targets, train_text_encoder=args.text_encoder,
+            text_encoder_target_modules=args.text_encoder_targets, seed=args.seed,
+            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+            resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
+            metadata={"trigger": args.trigger} if args.trigger else None,
+        )
+    except ModelLoadError as error:
+        print(f"error: {str(error).replace('`model.base`', '--base').replace('`model.vae`', '--vae')}",
+              file=sys.stderr)
+        return 2
+    except TrainingInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"saved LoRA: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

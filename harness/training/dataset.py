@@ -1,0 +1,88 @@
+"""Training examples: a folder of images with kohya-style captions, resized and centre-cropped.
+
+Kohya convention: ``img.png`` is captioned by ``img.txt`` next to it. A trigger phrase can caption every
+image (no caption files), or be put in front of each caption that lacks it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from harness.training import TrainingInputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_examples(
+    folder: str | Path,
+    trigger: str | None = None,
+    caption_extension: str = ".txt",
+    caption_template: str = "{trigger}",
+) -> list[tuple[Path, str]]:
+    """(image path, caption) for every image in ``folder``, sorted by file name.
+
+    An image's caption is its ``<stem><caption_extension>`` file when present, with ``trigger`` put in
+    front when the caption does not already contain it; otherwise ``caption_template`` filled with the
+    trigger. An image with neither a caption file nor a trigger is an error.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise TrainingInputError(
+            f"The image folder {str(folder)!r} does not exist or is not a folder. Fix: pass a folder of "
+            f"training images ({', '.join(IMAGE_SUFFIXES)}), each optionally captioned by a "
+            f"same-named {caption_extension} file."
+        )
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise TrainingInputError(
+            f"The image folder {str(folder)!r} holds no images. Fix: put the training images "
+            f"({', '.join(IMAGE_SUFFIXES)}) directly in that folder (sub-folders are not searched)."
+        )
+    examples = []
+    for image in images:
+        caption_file = image.with_suffix(caption_extension)
+        if caption_file.is_file():
+            caption = " ".join(caption_file.read_text(encoding="utf-8").split())
+            if trigger and trigger not in caption:
+                caption = f"{trigger}, {caption}" if caption else trigger
+        elif trigger:
+            caption = caption_template.format(trigger=trigger)
+        else:
+            raise TrainingInputError(
+                f"The image {str(image)!r} has no caption file {caption_file.name!r} and no trigger phrase "
+                "was given. Fix: add the caption file, or pass a trigger phrase (--trigger) to caption "
+                "every image."
+            )
+        examples.append((image, caption))
+    return examples
+
+
+def open_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """The image as RGB; a file that cannot be read is a TrainingInputError naming it."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise TrainingInputError(
+            f"Could not read the training image {str(image)!r} ({type(error).__name__}: {error}). "
+            "Fix: replace or remove that file (it must be a readable PNG/JPEG/WebP/BMP image)."
+        ) from error
+
+
+def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the shorter side is ``resolution``, then crop the centre square.
+
+    No random crop or flip by default: identity LoRAs care about asymmetry (a parting, a logo).
+    """
+    width, height = image.size
+    scale = resolution / min(width, height)
+    if (width, height) != (resolution, resolution):
+        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    width, height = image.size
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
