@@ -1,0 +1,215 @@
+"""Paired comparison of two methods: ``python -m harness compare A B [--results DIR] [--force]``.
+
+A and B are method labels inside one results folder (``--results``, default ``results/toy``), or
+sources from different runs: a results folder, a tidy table (``scores.parquet`` / ``scores.csv``), a
+``leaderboard.csv`` (its folder's tidy table is used: paired statistics need per-image values) or a score
+``.jsonl`` file. ``SOURCE#LABEL`` picks one method from a source that holds several.
+
+Images are paired on (set_id, seed); the statistical unit is the set (per set, the mean over its paired
+seeds), as the methods share sets and seeds. Per metric column group and per N (plus ``all``): the mean
+difference A - B with a paired bootstrap 95 % CI, the Wilcoxon signed-rank p-value, win/tie/loss counts,
+a sign-test p-value (the usual test for judge verdicts) and Holm-adjusted Wilcoxon p-values across the
+metric groups of that N. Judge pairwise rows (``<criterion>_vs_<other>``) are paired as criterion
+``llm_judge/<criterion>``. Numbers made with different metric settings (metric_key) are refused unless
+``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import stats
+from harness.metrics.base import SCORE_COLUMNS
+from harness.scoring import SCORES_DIR
+from harness.tables import (
+    ALL_N, JUDGE_METRIC, LEADERBOARD_FILE, SCORES_STEM, is_pairwise_judge, n_order, tidy_table, typed_scores,
+    write_csv,
+)
+
+DEFAULT_RESULTS = Path("results/toy")
+PAIR_KEYS = ["set_id", "seed"]
+
+
+class ComparabilityError(ValueError):
+    """The two sides' numbers were made with different metric settings."""
+
+
+@dataclass
+class Side:
+    label: str
+    source: str
+    rows: pd.DataFrame  # tidy rows of this method only
+
+
+def _load_source(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        return tidy_table(path)
+    if path.name == LEADERBOARD_FILE:
+        # A leaderboard holds only aggregates; the paired test needs the per-image rows beside it.
+        return tidy_table(path.parent)
+    if path.suffix == ".parquet":
+        return typed_scores(pd.read_parquet(path))
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path} is not a tidy score table (no columns {missing}); pass a results folder, "
+                             f"{SCORES_STEM}.parquet/.csv or {LEADERBOARD_FILE} written by `python -m harness table`.")
+        return typed_scores(frame)
+    if path.suffix == ".jsonl":
+        # scores/<metric>/<metric_key>/<label>.jsonl: read through its folder so the usual dedup applies.
+        if len(path.parents) < 4 or path.parents[2].name != SCORES_DIR:
+            raise ValueError(f"{path} is not inside a results folder's {SCORES_DIR}/<metric>/<metric_key>/; pass "
+                             f"the results folder or its {SCORES_STEM}.parquet instead.")
+        rows = tidy_table(path.parents[3])
+        return rows[(rows["metric"] == path.parents[1].name) & (rows["metric_key"] == path.parent.name)
+                    & (rows["method_label"] == path.stem)]
+    raise ValueError(f"cannot read {path}: expected a results folder, .parquet, .csv, {LEADERBOARD_FILE} or .jsonl")
+
+
+def resolve_side(spec: str, results_dir: Path | None) -> Side:
+    """A method label in ``results_dir``, or ``PATH`` / ``PATH#LABEL`` naming rows from another run."""
+    path_text, _, label = spec.partition("#")
+    path = Path(path_text)
+    if results_dir is not None and not path.exists():
+        rows, label, source = tidy_table(results_dir), spec, str(results_dir)
+    elif path.exists():
+        rows, source = _load_source(path), path_text
+    else:
+        raise FileNotFoundError(
+            f"{spec!r} is neither a method label in the results folder nor an existing file or folder; "
+            f"pass --results DIR with method labels, or paths to results folders / score tables.")
+    labels = sorted(rows["method_label"].unique())
+    if not label:
+        if len(labels) != 1:
+            raise ValueError(f"{source} holds methods {labels}: pick one with {path_text}#LABEL.")
+        label = labels[0]
+    if label not in labels:
+        raise ValueError(f"method {label!r} has no score rows in {source}; methods there: {labels}. "
+                         f"Run `python -m harness score` first or check the label.")
+    return Side(label=label, source=source, rows=rows[rows["method_label"] == label])
+
+
+def _paired_view(side: Side, other_label: str) -> pd.DataFrame:
+    """Rows keyed by comparison column; judge pairwise rows against the other side become criteria."""
+    rows = side.rows.copy()
+    pairwise = rows["sub_metric"].map(is_pairwise_judge)
+    versus_other = rows["sub_metric"].str.fullmatch(rf".+_vs_{other_label}") & ~rows["sub_metric"].str.contains(
+        "_consistent_vs_")
+    rows = rows[~pairwise | (versus_other & (rows["metric"] == JUDGE_METRIC))].copy()
+    judged = rows["sub_metric"].map(is_pairwise_judge)
+    rows.loc[judged, "sub_metric"] = rows.loc[judged, "sub_metric"].str.replace(
+        rf"_vs_{other_label}$", "", regex=True) + " (pairwise)"
+    rows["column"] = np.where(rows["sub_metric"] == "all", rows["metric"], rows["metric"] + "/" + rows["sub_metric"])
+    return rows
+
+
+def match_metric_keys(a: pd.DataFrame, b: pd.DataFrame, force: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Pairs of (metric, key_a, key_b) to compare, and notes; raises ComparabilityError on a settings mismatch."""
+    keys_a = a.groupby("metric")["metric_key"].unique().map(set)
+    keys_b = b.groupby("metric")["metric_key"].unique().map(set)
+    pairs, notes, problems = [], [], []
+    for metric in sorted(set(keys_a.index) | set(keys_b.index)):
+        ka, kb = keys_a.get(metric, set()), keys_b.get(metric, set())
+        if not ka or not kb:
+            notes.append(f"{metric}: scored for one side only, skipped")
+            continue
+        pairs += [(metric, key, key) for key in sorted(ka & kb)]
+        only_a, only_b = ka - kb, kb - ka
+        if only_a or only_b:
+            settings_a = a[a["metric_key"].isin(only_a)]["metric_settings"].unique().tolist()
+            settings_b = b[b["metric_key"].isin(only_b)]["metric_settings"].unique().tolist()
+            problems.append(f"{metric}: keys {sorted(only_a)} (settings {settings_a}) vs {sorted(only_b)} "
+                            f"(settings {settings_b})")
+            if force and len(only_a) == 1 and len(only_b) == 1:
+                pairs.append((metric, next(iter(only_a)), next(iter(only_b))))
+    if problems and not force:
+        raise ComparabilityError(
+            "refusing to compare numbers made with different metric settings: " + "; ".join(problems)
+            + ". Re-score both sides with the same metric config, or pass --force to compare them anyway.")
+    notes += [f"forced despite different settings: {problem}" for problem in problems]
+    return pairs, notes
+
+
+def compare(side_a: Side, side_b: Side, force: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The comparison table (one row per metric column x N) and notes about what was skipped or forced."""
+    a = _paired_view(side_a, side_b.label)
+    b = _paired_view(side_b, side_a.label)
+    key_pairs, notes = match_metric_keys(a, b, force)
+    records = []
+    for metric, key_a, key_b in key_pairs:
+        part_a = a[(a["metric"] == metric) & (a["metric_key"] == key_a)]
+        part_b = b[(b["metric"] == metric) & (b["metric_key"] == key_b)]
+        merged = part_a.merge(part_b, on=["column", *PAIR_KEYS], suffixes=("_a", "_b"))
+        merged = merged.dropna(subset=["value_a", "value_b"])
+        merged["n"] = merged["n_a"]
+        if (merged["n_a"] != merged["n_b"]).any():
+            raise ValueError(f"{metric}: the same set id has a different N on the two sides; these results "
+                             f"come from different testbeds and cannot be paired.")
+        for column, by_column in merged.groupby("column", sort=True):
+            partitions = [(str(n), p) for n, p in by_column.groupby("n", sort=True)] + [(ALL_N, by_column)]
+            for n, part in partitions:
+                per_set = part.groupby("set_id")[["value_a", "value_b"]].mean()
+                va, vb = per_set["value_a"].to_numpy(), per_set["value_b"].to_numpy()
+                diff, low, high = stats.paired_difference_ci(va, vb)
+                wins, ties, losses = stats.win_tie_loss(va, vb)
+                records.append({
+                    "column": column, "n": n, "metric_key_a": key_a, "metric_key_b": key_b,
+                    "pairs": len(part), "sets": len(per_set),
+                    "mean_a": va.mean(), "mean_b": vb.mean(),
+                    "mean_diff": diff, "ci_low": low, "ci_high": high,
+                    "wins_a": wins, "ties": ties, "wins_b": losses,
+                    "wilcoxon_p": stats.wilcoxon_p(va, vb), "sign_test_p": stats.sign_test_p(wins, losses),
+                })
+    table = pd.DataFrame.from_records(records)
+    if table.empty:
+        notes.append("no metric has paired values on both sides (same set_id and seed)")
+        return table, notes
+    table["holm_p"] = np.nan
+    for n, index in table.groupby("n").groups.items():
+        table.loc[index, "holm_p"] = stats.holm(table.loc[index, "wilcoxon_p"].to_numpy())
+    table["_order"] = table["n"].map(n_order)
+    table = table.sort_values(["_order", "column"]).drop(columns="_order").reset_index(drop=True)
+    return table, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness compare",
+        description="Paired comparison of method A against method B (A - B), by set and seed.")
+    parser.add_argument("a", help="method label in --results, or PATH[#LABEL] (results folder, scores.parquet/"
+                                  ".csv, leaderboard.csv or a score .jsonl)")
+    parser.add_argument("b", help="as A")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"results folder holding both methods (default {DEFAULT_RESULTS} when A and B "
+                             f"are not paths)")
+    parser.add_argument("--force", action="store_true", help="compare even when metric settings differ")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    args = parser.parse_args(argv)
+    results_dir = args.results
+    both_paths = all(Path(spec.partition("#")[0]).exists() for spec in (args.a, args.b))
+    if results_dir is None and not both_paths:
+        results_dir = DEFAULT_RESULTS
+    try:
+        if results_dir is not None and not results_dir.is_dir():
+            raise FileNotFoundError(f"results folder {results_dir} does not exist; pass --results DIR.")
+        side_a, side_b = resolve_side(args.a, results_dir), resolve_side(args.b, results_dir)
+        table, notes = compare(side_a, side_b, force=args.force)
+    except (ComparabilityError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"A = {side_a.label} ({side_a.source})   B = {side_b.label} ({side_b.source})   difference = A - B")
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False) if not table.empty else "(nothing to compare)")
+    for note in notes:
+        print(f"note: {note}")
+    if args.out is not None:
+        write_csv(table, args.out)
+        print(f"written: {args.out}")
+    return 0

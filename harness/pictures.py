@@ -1,0 +1,233 @@
+"""Pictures of a results folder: labelled image grids, contact sheets and metric plots (PNG).
+
+Written under ``<results>/pictures/`` from the images and the tables ``python -m harness table`` wrote::
+
+    grids/<set_id>.png        one set: methods as rows x seeds as columns, labelled
+    contact_n<N>.png          every set of one N (rows, first seed) x methods (columns)
+    plots/metric_<col>.png    each leaderboard column: mean and 95 % CI by method, split by N
+    plots/judge_win_rates.png LLM-judge pairwise win/tie/loss shares per method pair and N
+    plots/validity_<col>.png  per image, metric value vs the toy oracle (all elements present)
+
+Plots use matplotlib's object API with the Agg canvas (no display, no global pyplot state).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+from scipy import stats as scipy_stats
+
+from harness.io import atomic_write
+from harness.records import ImageRecord, iter_images
+from harness.tables import (
+    ALL_N, JUDGE_FILE, LEADERBOARD_LONG_FILE, ORACLE_METRIC, ORACLE_SUB_METRIC, SCORES_STEM, column_groups,
+    has_value, n_order,
+)
+
+PICTURES_DIR = "pictures"
+GRID_CELL = 160  # pixels per image in a set grid (small toy images are upscaled without smoothing)
+CONTACT_CELL = 96
+CONTACT_MAX_SETS = 60  # per N; a larger testbed gets the first sets and a note in the title
+LABEL_WIDTH = 150
+HEADER_HEIGHT = 26
+BACKGROUND = (255, 255, 255)
+MISSING_FILL = (225, 225, 225)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _font(size: int = 14) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _fit(path: Path, size: int) -> Image.Image:
+    image = Image.open(path).convert("RGB")
+    scale = size / max(image.size)
+    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    # Nearest-neighbour keeps tiny toy images crisp; Lanczos for downscaling real ones.
+    return image.resize(new_size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
+
+
+def labelled_grid(title: str, column_labels: list[str], rows: list[tuple[str, list[Path | None]]],
+                  cell: int) -> Image.Image:
+    """A grid of images with a title, a label per column (top) and per row (left); None is a grey cell."""
+    font, small = _font(15), _font(12)
+    width = LABEL_WIDTH + cell * len(column_labels)
+    height = 2 * HEADER_HEIGHT + cell * len(rows)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 5), title, fill=(0, 0, 0), font=font)
+    for column, label in enumerate(column_labels):
+        draw.text((LABEL_WIDTH + column * cell + 4, HEADER_HEIGHT + 5), label, fill=(60, 60, 60), font=small)
+    for row, (label, paths) in enumerate(rows):
+        top = 2 * HEADER_HEIGHT + row * cell
+        draw.text((6, top + cell // 2 - 8), label, fill=(0, 0, 0), font=font)
+        for column, path in enumerate(paths):
+            left = LABEL_WIDTH + column * cell
+            if path is None:
+                draw.rectangle([left + 2, top + 2, left + cell - 3, top + cell - 3], fill=MISSING_FILL)
+                draw.text((left + 8, top + cell // 2 - 6), "missing", fill=(120, 120, 120), font=small)
+            else:
+                image = _fit(path, cell - 4)
+                offset = ((cell - 4 - image.width) // 2, (cell - 4 - image.height) // 2)
+                canvas.paste(image, (left + 2 + offset[0], top + 2 + offset[1]))
+    return canvas
+
+
+def _save_image(image: Image.Image, path: Path) -> Path:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def _save_figure(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    return path
+
+
+def write_set_grids(records: list[ImageRecord], out_dir: Path) -> list[Path]:
+    """One grid per set: methods (rows) x seeds (columns)."""
+    by_set: dict[str, dict[str, dict[int, Path]]] = defaultdict(lambda: defaultdict(dict))
+    n_of_set: dict[str, int] = {}
+    for record in records:
+        by_set[record.set_id][record.method_label][record.seed] = record.path
+        n_of_set[record.set_id] = record.n
+    methods = sorted({record.method_label for record in records})
+    written = []
+    for set_id, by_method in sorted(by_set.items()):
+        seeds = sorted({seed for images in by_method.values() for seed in images})
+        rows = [(label, [by_method.get(label, {}).get(seed) for seed in seeds]) for label in methods]
+        grid = labelled_grid(f"{set_id}  (N={n_of_set[set_id]})", [f"seed {seed}" for seed in seeds], rows, GRID_CELL)
+        written.append(_save_image(grid, out_dir / f"{slug(set_id)}.png"))
+    return written
+
+
+def write_contact_sheets(records: list[ImageRecord], out_dir: Path) -> list[Path]:
+    """One sheet per N: its sets (rows, the lowest seed present) x methods (columns)."""
+    methods = sorted({record.method_label for record in records})
+    by_n: dict[int, dict[str, dict[str, ImageRecord]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        kept = by_n[record.n][record.set_id].get(record.method_label)
+        if kept is None or record.seed < kept.seed:
+            by_n[record.n][record.set_id][record.method_label] = record
+    written = []
+    for n, by_set in sorted(by_n.items()):
+        set_ids = sorted(by_set)
+        shown = set_ids[:CONTACT_MAX_SETS]
+        title = f"N={n}: {len(set_ids)} sets" + (f" (first {len(shown)} shown)" if len(shown) < len(set_ids) else "")
+        rows = [(set_id, [by_set[set_id][m].path if m in by_set[set_id] else None for m in methods])
+                for set_id in shown]
+        written.append(_save_image(labelled_grid(title, methods, rows, CONTACT_CELL), out_dir / f"contact_n{n}.png"))
+    return written
+
+
+def plot_metric(long: pd.DataFrame, column: str, out_dir: Path) -> Path:
+    """Mean and 95 % CI of one leaderboard column by method, one group of points per N (and all)."""
+    rows = long[long["column"] == column]
+    ns = sorted(rows["n"].unique(), key=n_order)
+    methods = sorted(rows["method_label"].unique())
+    figure = Figure(figsize=(max(5.0, 1.2 * len(ns) * max(1, len(methods)) / 2), 3.6))
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(methods))
+    for index, method in enumerate(methods):
+        part = rows[rows["method_label"] == method].set_index("n").reindex(ns)
+        x = np.arange(len(ns)) + (index - (len(methods) - 1) / 2) * width
+        mean = part["mean"].to_numpy(dtype=float)
+        errors = np.vstack([mean - part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float) - mean])
+        axes.errorbar(x, mean, yerr=np.nan_to_num(errors), fmt="o", capsize=3, label=method)
+    axes.set_xticks(np.arange(len(ns)), [f"N={n}" if n != ALL_N else "all" for n in ns])
+    axes.set_ylabel(column)
+    axes.set_title(f"{column}: mean, 95% CI", fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    return _save_figure(figure, out_dir / f"metric_{slug(column)}.png")
+
+
+def plot_judge_win_rates(judge: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Stacked win/tie/loss shares per method pair and N, one panel per criterion."""
+    if judge.empty:
+        return None
+    criteria = sorted(judge["criterion"].unique())
+    figure = Figure(figsize=(7.5, 1.0 + 0.45 * judge.groupby("criterion").size().max() * len(criteria)))
+    for panel, criterion in enumerate(criteria, start=1):
+        axes = figure.add_subplot(len(criteria), 1, panel)
+        part = judge[judge["criterion"] == criterion].copy()
+        part["_order"] = part["n"].map(n_order)
+        part = part.sort_values(["method_a", "method_b", "_order"])
+        total = part["pairs"].replace(0, np.nan)
+        labels = [f"{r.method_a} vs {r.method_b}, " + (f"N={r.n}" if r.n != ALL_N else "all N")
+                  for r in part.itertuples()]
+        left = np.zeros(len(part))
+        for column, colour, name in (("wins_a", "#4c72b0", "A wins"), ("ties", "#bbbbbb", "tie"),
+                                     ("wins_b", "#dd8452", "B wins")):
+            share = (part[column] / total).fillna(0).to_numpy()
+            axes.barh(labels, share, left=left, color=colour, label=name)
+            left += share
+        axes.set_xlim(0, 1)
+        axes.invert_yaxis()
+        axes.set_title(f"LLM judge, {criterion}: share of pairs (A = first named)")
+        axes.legend(fontsize=8, loc="lower right")
+    return _save_figure(figure, out_dir / "judge_win_rates.png")
+
+
+def plot_validity(tidy: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per image, each metric column against the toy oracle (fraction/indicator of elements present)."""
+    oracle = tidy[(tidy["metric"] == ORACLE_METRIC) & (tidy["sub_metric"] == ORACLE_SUB_METRIC) & has_value(tidy)]
+    if oracle.empty:
+        return []
+    oracle = oracle.drop_duplicates("image_id")[["image_id", "value"]].rename(columns={"value": "oracle"})
+    valued = tidy[has_value(tidy)]
+    rng = np.random.default_rng(0)  # jitter only spreads overlapping points; fixed so files are stable
+    written = []
+    for group in column_groups(valued).itertuples():
+        if group.metric == ORACLE_METRIC:
+            continue
+        rows = valued[(valued["metric"] == group.metric) & (valued["sub_metric"] == group.sub_metric)
+                      & (valued["metric_key"] == group.metric_key)]
+        merged = rows.merge(oracle, on="image_id")
+        if len(merged) < 3:
+            continue
+        column = group.column
+        rho = scipy_stats.spearmanr(merged["oracle"], merged["value"]).statistic
+        figure = Figure(figsize=(4.8, 3.6))
+        axes = figure.add_subplot()
+        for method, part in merged.groupby("method_label"):
+            jitter = rng.uniform(-0.04, 0.04, len(part))
+            axes.scatter(part["oracle"] + jitter, part["value"], s=14, alpha=0.7, label=method)
+        axes.set_xlabel(f"oracle {ORACLE_SUB_METRIC} (jittered)")
+        axes.set_ylabel(column)
+        axes.set_title(f"{column} vs oracle\nSpearman rho = {rho:.2f}, n = {len(merged)}", fontsize=9)
+        axes.legend(fontsize=7)
+        written.append(_save_figure(figure, out_dir / f"validity_{slug(column)}.png"))
+    return written
+
+
+def write_pictures(results_dir: str | Path) -> dict[str, Path]:
+    """Rebuild every picture of a results folder (needs the tables; `python -m harness table` writes both)."""
+    results_dir = Path(results_dir)
+    long_path, judge_path = results_dir / LEADERBOARD_LONG_FILE, results_dir / JUDGE_FILE
+    if not long_path.exists():
+        raise FileNotFoundError(f"{long_path} is missing: build the tables first with "
+                                f"`python -m harness table {results_dir}`.")
+    out = results_dir / PICTURES_DIR
+    old = set(out.rglob("*.png"))
+    records = list(iter_images(results_dir))
+    written = write_set_grids(records, out / "grids") + write_contact_sheets(records, out)
+    long = pd.read_csv(long_path, dtype={"n": str})
+    written += [plot_metric(long, column, out / "plots") for column in dict.fromkeys(long["column"])]
+    judge_plot = plot_judge_win_rates(pd.read_csv(judge_path, dtype={"n": str}), out / "plots")
+    written += [judge_plot] if judge_plot else []
+    written += plot_validity(pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet"), out / "plots")
+    for stale in old - set(written):  # pictures of sets, metrics or methods no longer in the folder
+        stale.unlink()
+    return {"pictures": out}

@@ -1,0 +1,381 @@
+"""Result tables of a results folder: the tidy score table, the leaderboard, coverage and judge wins.
+
+``python -m harness table RESULTS_DIR`` rebuilds, from the stored rows alone::
+
+    scores.parquet, scores.csv   tidy: one row per image x metric x sub-metric (harness.metrics.base.SCORE_COLUMNS)
+    leaderboard.csv              one row per method x N (and N = "all"), a column group per metric
+    leaderboard_long.csv         the same numbers, one row per method x N x metric column group
+    leaderboard.meta.json        what defines the numbers: metric settings per column group, CI method
+    coverage.csv                 per method x metric: generated, failed, scored, missing and why
+    judge_wtl.csv                LLM-judge pairwise win/tie/loss per method pair x N x criterion
+
+Aggregation (documented in the README and in leaderboard.meta.json): the unit is the *set*. A set's
+value is the mean over its seeds that have a value; the leaderboard mean is the mean over sets, and the
+95 % CI resamples sets (scipy.stats.bootstrap, BCa, fixed random_state). Missing values (status other
+than ok/fallback_full_image) never enter a mean; they are counted per status instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import stats
+from harness.io import atomic_write, atomic_write_json
+from harness.metrics.base import SCORE_COLUMNS, STATUSES
+from harness.records import iter_failures, iter_images
+from harness.scoring import load_scores
+
+JUDGE_METRIC = "llm_judge"
+JUDGE_CRITERIA = ("composition", "quality")
+ORACLE_METRIC = "oracle"
+ORACLE_SUB_METRIC = "all_present"
+ALL_N = "all"
+SCORES_STEM = "scores"
+LEADERBOARD_FILE = "leaderboard.csv"
+LEADERBOARD_LONG_FILE = "leaderboard_long.csv"
+LEADERBOARD_META_FILE = "leaderboard.meta.json"
+COVERAGE_FILE = "coverage.csv"
+JUDGE_FILE = "judge_wtl.csv"
+STAT_COLUMNS = ["mean", "ci_low", "ci_high", "n_scored", "n_missing"]
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def typed_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.reindex(columns=SCORE_COLUMNS).copy()
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    frame["n"] = frame["n"].astype(int)
+    frame["seed"] = frame["seed"].astype(int)
+    for column in SCORE_COLUMNS:
+        if column not in ("value", "n", "seed"):
+            frame[column] = frame[column].fillna("").astype(str)
+    return frame
+
+
+def tidy_table(results_dir: str | Path, current_keys: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per image x metric x sub-metric (harness.scoring.load_scores), stale rows dropped.
+
+    A row is stale when its image was regenerated since (its ``image_key`` differs from the key now in
+    metadata.json); ``current_keys`` maps image_id -> key and is read from the folder when not given.
+    """
+    frame = typed_scores(load_scores(results_dir))  # the last row per image key x metric key x sub-metric
+    if current_keys is None:
+        current_keys = {record.image_id: record.key for record in iter_images(results_dir)}
+    if current_keys:
+        known = frame["image_id"].map(current_keys)
+        frame = frame[known.isna() | (known == frame["image_key"])]
+    return frame.sort_values(["method_label", "n", "set_id", "seed", "metric", "metric_key", "sub_metric"],
+                             kind="stable").reset_index(drop=True)
+
+
+def has_value(frame: pd.DataFrame) -> pd.Series:
+    return frame["value"].notna()
+
+
+# ------------------------------------------------------------------------------------- metric column groups
+
+
+def is_pairwise_judge(sub_metric: str) -> bool:
+    """Judge pairwise rows (``composition_vs_<label>``...) belong in judge_wtl.csv, not the leaderboard."""
+    return "_vs_" in sub_metric
+
+
+def column_groups(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per leaderboard column group: metric, sub_metric, metric_key, its name, version, settings.
+
+    The name is ``metric`` (sub-metric ``all``) or ``metric/sub_metric``; ``@metric_key`` is appended only
+    when one folder holds the same metric made with several settings, so names stay short and unique.
+    """
+    frame = tidy[~tidy["sub_metric"].map(is_pairwise_judge)]
+    groups = frame.drop_duplicates(["metric", "sub_metric", "metric_key"])[
+        ["metric", "sub_metric", "metric_key", "metric_version", "metric_settings"]
+    ].sort_values(["metric", "metric_key", "sub_metric"], kind="stable")
+    keys_per_metric = groups.groupby("metric")["metric_key"].nunique()
+    names = []
+    for row in groups.itertuples():
+        name = row.metric if row.sub_metric == "all" else f"{row.metric}/{row.sub_metric}"
+        if keys_per_metric[row.metric] > 1:
+            name += f"@{row.metric_key}"
+        names.append(name)
+    return groups.assign(column=names).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- leaderboard
+
+
+def summarise(values: pd.DataFrame) -> dict[str, Any]:
+    """Mean, CI and counts of one method x N x column group (rows of the tidy table)."""
+    valued = values[has_value(values)]
+    per_set = valued.groupby("set_id")["value"].mean().to_numpy()
+    mean, low, high = stats.mean_ci(per_set)
+    summary: dict[str, Any] = {
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "n_scored": int(len(valued)),
+        "n_missing": int(len(values) - len(valued)),
+    }
+    for status, count in values.loc[~has_value(values), "status"].value_counts().items():
+        summary[f"missing_{status}"] = int(count)
+    return summary
+
+
+def leaderboard_long(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per method_label x N (each, then ``all``) x column group with mean, CI and counts."""
+    groups = column_groups(tidy)
+    records = []
+    for group in groups.itertuples():
+        rows = tidy[(tidy["metric"] == group.metric) & (tidy["sub_metric"] == group.sub_metric)
+                    & (tidy["metric_key"] == group.metric_key)]
+        for label, by_method in rows.groupby("method_label", sort=True):
+            method_keys = ",".join(sorted(by_method["method_key"].unique()))
+            partitions = [(str(n), part) for n, part in by_method.groupby("n", sort=True)]
+            partitions.append((ALL_N, by_method))
+            for n, part in partitions:
+                records.append({
+                    "method_label": label,
+                    "method": by_method["method"].iloc[0],
+                    "method_key": method_keys,
+                    "n": n,
+                    "column": group.column,
+                    "metric": group.metric,
+                    "sub_metric": group.sub_metric,
+                    "metric_key": group.metric_key,
+                    **summarise(part),
+                })
+    long = pd.DataFrame.from_records(records)
+    if long.empty:
+        return pd.DataFrame(columns=["method_label", "method", "method_key", "n", "column", "metric",
+                                     "sub_metric", "metric_key", *STAT_COLUMNS])
+    missing_columns = sorted(c for c in long.columns if c.startswith("missing_"))
+    long[missing_columns] = long[missing_columns].fillna(0).astype(int)
+    return long
+
+
+def n_order(n: str) -> int:
+    return 10**6 if n == ALL_N else int(n)
+
+
+def leaderboard_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """``leaderboard.csv``: one row per method x N, columns ``<group>.mean``, ``<group>.ci_low``..."""
+    index = ["method_label", "method", "method_key", "n"]
+    if long.empty:
+        return pd.DataFrame(columns=index)
+    stat_columns = STAT_COLUMNS + sorted(c for c in long.columns if c.startswith("missing_"))
+    wide = long.pivot(index=index, columns="column", values=stat_columns)
+    column_order = list(dict.fromkeys(long["column"]))
+    ordered = [(stat, column) for column in column_order for stat in stat_columns
+               if not (stat.startswith("missing_") and wide[(stat, column)].fillna(0).eq(0).all())]
+    wide = wide[ordered]
+    wide.columns = [f"{column}.{stat}" for stat, column in ordered]
+    wide = wide.reset_index()
+    wide["_order"] = wide["n"].map(n_order)
+    return wide.sort_values(["method_label", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def leaderboard_meta(tidy: pd.DataFrame) -> dict[str, Any]:
+    """What defines the leaderboard numbers: compare two of these before comparing two leaderboards."""
+    columns = {}
+    for group in column_groups(tidy).itertuples():
+        columns[group.column] = {
+            "metric": group.metric,
+            "sub_metric": group.sub_metric,
+            "metric_key": group.metric_key,
+            "metric_version": group.metric_version,
+            "settings": json.loads(group.metric_settings) if group.metric_settings else {},
+        }
+    return {
+        "testbeds": sorted(tidy["testbed"].unique().tolist()),
+        "methods": {label: sorted(part["method_key"].unique().tolist())
+                    for label, part in tidy.groupby("method_label")},
+        "columns": columns,
+        "aggregation": ("unit = set: per set, mean over seeds with a value; mean over sets; missing values "
+                        "(status not ok/fallback_full_image) are excluded and counted per status"),
+        "ci": {"method": stats.CI_METHOD, "confidence_level": stats.CONFIDENCE_LEVEL,
+               "n_resamples": stats.N_RESAMPLES, "random_state": stats.RANDOM_STATE, "resampled": "sets"},
+        "generated_by": "python -m harness table",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- coverage
+
+
+def coverage_table(tidy: pd.DataFrame, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Per method x metric (x metric_key): images generated, generation failures, scored, missing, why.
+
+    An image counts as *scored* for a metric when at least one of its rows has a value, *missing* when it
+    has rows but none with a value, and *not scored* when the metric never wrote a row for it.
+    """
+    generated: Counter[str] = Counter()
+    generated_ids: dict[str, set[str]] = {}
+    failed: Counter[str] = Counter()
+    if results_dir is not None:
+        for record in iter_images(results_dir):
+            generated[record.method_label] += 1
+            generated_ids.setdefault(record.method_label, set()).add(record.image_id)
+        for failure in iter_failures(results_dir):
+            failed[failure["method_label"]] += 1
+    labels = sorted(set(generated) | set(failed) | set(tidy["method_label"]))
+    metrics = tidy.drop_duplicates(["metric", "metric_key"])[["metric", "metric_key"]].sort_values(
+        ["metric", "metric_key"]).itertuples(index=False)
+    metrics = list(metrics)
+    records = []
+    for label in labels:
+        for metric, metric_key in metrics:
+            rows = tidy[(tidy["method_label"] == label) & (tidy["metric"] == metric)
+                        & (tidy["metric_key"] == metric_key)]
+            valued_images = set(rows.loc[has_value(rows), "image_id"])
+            row_images = set(rows["image_id"])
+            missing_rows = rows[~has_value(rows)]
+            reasons = Counter(f"{r.status}: {r.reason}" if r.reason else r.status
+                              for r in missing_rows.itertuples())
+            record = {
+                "method_label": label,
+                "metric": metric,
+                "metric_key": metric_key,
+                "images_generated": generated[label] if results_dir is not None else len(row_images),
+                "generation_failures": failed[label],
+                "images_scored": len(valued_images),
+                "images_missing": len(row_images - valued_images),
+                "images_not_scored": len(generated_ids.get(label, set()) - row_images),
+                "rows_ok": int(has_value(rows).sum()),
+                "rows_missing": int(len(missing_rows)),
+            }
+            for status in STATUSES:
+                if status not in ("ok", "fallback_full_image"):
+                    record[f"missing_{status}"] = int((missing_rows["status"] == status).sum())
+            record["reasons"] = " | ".join(f"{text} (x{count})" for text, count in reasons.most_common(5))
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+# ---------------------------------------------------------------------------------------------- the judge
+
+
+def judge_pairs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise judge rows as one row per (A, B, set, seed, criterion) with both scores and consistency.
+
+    Row format (fixed by the judge metric): image A carries ``<criterion>_vs_<B>`` = A's score averaged
+    over both orders and ``<criterion>_consistent_vs_<B>`` = 1/0; image B carries ``<criterion>_vs_<A>``.
+    """
+    judge = tidy[(tidy["metric"] == JUDGE_METRIC) & tidy["sub_metric"].map(is_pairwise_judge)]
+    columns = ["method_a", "method_b", "metric_key", "set_id", "n", "seed", "criterion", "score_a", "score_b",
+               "consistent"]
+    if judge.empty:
+        return pd.DataFrame(columns=columns)
+    parts = judge["sub_metric"].str.extract(r"^(?P<criterion>.+?)(?P<consistent>_consistent)?_vs_(?P<other>.+)$")
+    judge = judge.assign(criterion=parts["criterion"], is_consistency=parts["consistent"].notna(),
+                         other=parts["other"])
+    keys = ["metric_key", "set_id", "n", "seed", "criterion"]
+    scores = judge[~judge["is_consistency"]]
+    a_side = scores.rename(columns={"method_label": "method_a", "other": "method_b", "value": "score_a"})
+    b_side = scores.rename(columns={"method_label": "method_b", "other": "method_a", "value": "score_b"})
+    pairs = a_side[keys + ["method_a", "method_b", "score_a"]].merge(
+        b_side[keys + ["method_a", "method_b", "score_b"]], on=keys + ["method_a", "method_b"], how="inner")
+    consistency = judge[judge["is_consistency"]].rename(
+        columns={"method_label": "method_a", "other": "method_b", "value": "consistent"})
+    # The consistency flag is written on one side only; take it from whichever side holds it.
+    flipped = consistency.rename(columns={"method_a": "method_b", "method_b": "method_a"})
+    flags = pd.concat([consistency, flipped])[keys + ["method_a", "method_b", "consistent"]].drop_duplicates(
+        keys + ["method_a", "method_b"])
+    pairs = pairs.merge(flags, on=keys + ["method_a", "method_b"], how="left")
+    pairs = pairs[pairs["method_a"] < pairs["method_b"]]  # every unordered pair once
+    return pairs[columns].reset_index(drop=True)
+
+
+JUDGE_COLUMNS = ["method_a", "method_b", "metric_key", "n", "criterion", "pairs", "wins_a", "ties", "wins_b",
+                 "win_rate_a", "win_rate_b", "mean_a", "mean_b", "consistency_rate", "sign_test_p", "missing_pairs"]
+
+
+def judge_win_tie_loss(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Win/tie/loss of A vs B per N (and all) and criterion, as in the published judge tables."""
+    pairs = judge_pairs(tidy)
+    records = []
+    for (a, b, key, criterion), part in pairs.groupby(["method_a", "method_b", "metric_key", "criterion"]):
+        partitions = [(str(n), p) for n, p in part.groupby("n", sort=True)] + [(ALL_N, part)]
+        for n, p in partitions:
+            both = p.dropna(subset=["score_a", "score_b"])
+            wins, ties, losses = stats.win_tie_loss(both["score_a"], both["score_b"])
+            total = wins + ties + losses
+            records.append({
+                "method_a": a, "method_b": b, "metric_key": key, "n": n, "criterion": criterion,
+                "pairs": total, "wins_a": wins, "ties": ties, "wins_b": losses,
+                "win_rate_a": wins / total if total else np.nan,
+                "win_rate_b": losses / total if total else np.nan,
+                "mean_a": both["score_a"].mean(), "mean_b": both["score_b"].mean(),
+                "consistency_rate": p["consistent"].mean(),
+                "sign_test_p": stats.sign_test_p(wins, losses),
+                "missing_pairs": int(len(p) - len(both)),
+            })
+    return pd.DataFrame.from_records(records, columns=JUDGE_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def write_tables(results_dir: str | Path) -> dict[str, Path]:
+    """Rebuild every table of ``results_dir`` from its stored rows; returns name -> path written."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(
+            f"results folder {results_dir} does not exist: pass the folder a run wrote (it holds images/ "
+            f"and scores/), e.g. `python -m harness table results/toy`.")
+    tidy = tidy_table(results_dir)
+    long = leaderboard_long(tidy)
+    paths = {
+        "scores_parquet": results_dir / f"{SCORES_STEM}.parquet",
+        "scores_csv": results_dir / f"{SCORES_STEM}.csv",
+        "leaderboard": results_dir / LEADERBOARD_FILE,
+        "leaderboard_long": results_dir / LEADERBOARD_LONG_FILE,
+        "leaderboard_meta": results_dir / LEADERBOARD_META_FILE,
+        "coverage": results_dir / COVERAGE_FILE,
+        "judge": results_dir / JUDGE_FILE,
+    }
+    atomic_write(paths["scores_parquet"], lambda tmp: tidy.to_parquet(tmp, index=False))
+    write_csv(tidy, paths["scores_csv"])
+    write_csv(leaderboard_wide(long), paths["leaderboard"])
+    write_csv(long, paths["leaderboard_long"])
+    atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy))
+    write_csv(coverage_table(tidy, results_dir), paths["coverage"])
+    write_csv(judge_win_tie_loss(tidy), paths["judge"])
+    return paths
+
+
+def refresh_tables(results_dir: str | Path) -> dict[str, Path]:
+    """Rebuild tables, pictures and the HTML report: what ``run`` and ``score`` call when they finish."""
+    from harness.pictures import write_pictures
+    from harness.report import write_report
+
+    paths = write_tables(results_dir)
+    paths.update(write_pictures(results_dir))
+    paths["report"] = write_report(results_dir)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness table",
+        description="Rebuild the tidy score table, leaderboard, coverage and judge tables of a results "
+                    "folder from its stored rows (and, unless --tables-only, its pictures and report).")
+    parser.add_argument("results_dir", type=Path, help="results folder, e.g. results/toy")
+    parser.add_argument("--tables-only", action="store_true", help="skip pictures and the HTML report")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_tables(args.results_dir) if args.tables_only else refresh_tables(args.results_dir)
+    except FileNotFoundError as error:
+        parser.exit(2, f"error: {error}\n")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
