@@ -1,0 +1,157 @@
+"""Toy-world quality targets, measured (nothing hard-coded): ``python benchmarks/toy_quality.py``.
+
+1. Oracle: per-slot accuracy on clean renders and on VAE round-trips; agreement of its two members.
+2. Base model on generic captions: per-slot oracle accuracy (target: mean >= 0.8).
+3. Each LoRA alone (prompt = base prompt + its triggers + random generic phrases for the other four
+   slots): concept present (target >= 0.8), other prompted slots kept (target >= 0.7); and the same
+   prompt without the LoRA (how often the base draws the concept unaided).
+Sampler settings come from conf/testbed/toy.yaml unless overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import harness  # noqa: F401  (before diffusers)
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from harness.toy import world
+from harness.toy.oracle import Oracle, sample_any_spec
+
+TARGETS = {"base_slot_accuracy": 0.8, "lora_present": 0.8, "lora_kept": 0.7}
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], sampling: dict, batch: int = 32) -> np.ndarray:
+    images = []
+    for start in range(0, len(prompts), batch):
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds[start:start + batch]]
+        out = pipe(prompts[start:start + batch], num_inference_steps=sampling["steps"],
+                   guidance_scale=sampling["guidance_scale"], height=sampling["height"], width=sampling["width"],
+                   generator=generators, output_type="np").images
+        images.append(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(images)
+
+
+def oracle_checks(oracle: Oracle, vae, count: int, seed: int) -> dict:
+    from harness.toy.base_model import to_model_range, vae_roundtrip
+
+    rng = np.random.default_rng(seed)
+    specs = [sample_any_spec(rng) for _ in range(count)]
+    clean = np.stack([world.render(spec, rng) for spec in specs])
+    recon = ((vae_roundtrip(vae, to_model_range(clean)) + 1) * 127.5).round().clamp(0, 255).byte()
+    recon = recon.permute(0, 2, 3, 1).numpy()
+    result = {}
+    for name, images in (("clean", clean), ("vae", recon)):
+        predictions = oracle.predict(images)
+        result[name] = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
+                        for c in world.CATEGORIES}
+    return result
+
+
+def agreement(oracle: Oracle, images: np.ndarray) -> float:
+    members = oracle.member_predictions(images)
+    same = [all(members[0][n][c].label == other[n][c].label for other in members[1:])
+            for n in range(len(images)) for c in world.CATEGORIES]
+    return float(np.mean(same))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbed", default="conf/testbed/toy.yaml")
+    parser.add_argument("--images", type=int, default=64, help="images per measurement")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
+    parser.add_argument("--loras", default=None, help="comma list of LoRA ids (default all)")
+    parser.add_argument("--skip-base", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from harness.models import load_pipeline
+
+    config = OmegaConf.to_container(OmegaConf.load(args.testbed), resolve=True)
+    sampling = dict(config["sampling"])
+    sampling["steps"] = args.steps or sampling["steps"]
+    sampling["guidance_scale"] = args.guidance if args.guidance is not None else sampling["guidance_scale"]
+    scale = args.scale if args.scale is not None else sampling["lora_scale"]
+    base = Path(config["model"]["base"])
+    oracle = Oracle.load(base.parent / "oracle")
+    pipe = load_pipeline(base, scheduler=config["model"]["scheduler"], device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    figures: dict = {"settings": {**sampling, "lora_scale": scale, "images": args.images}}
+    started = time.time()
+    print(f"toy quality: {args.images} images per measurement, {sampling}, LoRA scale {scale}")
+
+    figures["oracle"] = oracle_checks(oracle, pipe.vae, args.images * 4, seed=1)
+    for name, accuracy in figures["oracle"].items():
+        print(f"oracle accuracy on {name:5} renders: " + "  ".join(f"{c} {v:.3f}" for c, v in accuracy.items()))
+
+    if not args.skip_base:
+        rng = np.random.default_rng(2)
+        specs = [world.sample_generic_spec(rng) for _ in range(args.images)]
+        images = generate(pipe, [world.caption(spec) for spec in specs], list(range(args.images)), sampling)
+        predictions = oracle.predict(images)
+        per_slot = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
+                    for c in world.CATEGORIES}
+        every = float(np.mean([all(p[c].label == s.labels()[c] for c in world.CATEGORIES)
+                               for p, s in zip(predictions, specs)]))
+        mean = float(np.mean(list(per_slot.values())))
+        figures["base"] = {"per_slot": per_slot, "mean": mean, "all_slots": every,
+                           "oracle_agreement": agreement(oracle, images)}
+        print("base on generic captions: " + "  ".join(f"{c} {v:.3f}" for c, v in per_slot.items())
+              + f"  | mean {mean:.3f} (target >= {TARGETS['base_slot_accuracy']}) "
+              + ("MET" if mean >= TARGETS["base_slot_accuracy"] else "NOT MET")
+              + f" | all five right {every:.3f} | oracle members agree {figures['base']['oracle_agreement']:.3f}")
+
+    lora_dir = Path(config["lora_dir"])
+    wanted = args.loras.split(",") if args.loras else [c.id for c in world.CONCEPTS]
+    for concept_id in wanted:
+        pipe.load_lora_weights(str(lora_dir / f"{concept_id}.safetensors"), adapter_name=concept_id)
+    figures["loras"] = {}
+    print(f"{'lora':14} {'present':>8} {'kept':>6} {'unaided':>8}   (targets: present >= "
+          f"{TARGETS['lora_present']}, kept >= {TARGETS['lora_kept']})")
+    for number, concept_id in enumerate(wanted):
+        concept = world.CONCEPTS_BY_ID[concept_id]
+        rng = np.random.default_rng(100 + number)
+        specs = [world.concept_spec(concept_id, rng) for _ in range(args.images)]
+        prompts = [world.caption(spec, concepts=(concept_id,)) for spec in specs]
+        seeds = list(range(args.images))
+        pipe.set_adapters([concept_id], [scale])
+        predictions = oracle.predict(generate(pipe, prompts, seeds, sampling))
+        pipe.disable_lora()
+        unaided = oracle.predict(generate(pipe, prompts, seeds, sampling))
+        pipe.enable_lora()
+        others = [c for c in world.CATEGORIES if c != concept.category]
+        present = float(np.mean([p[concept.category].label == concept_id for p in predictions]))
+        kept = float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs) for c in others]))
+        base_rate = float(np.mean([p[concept.category].label == concept_id for p in unaided]))
+        figures["loras"][concept_id] = {"present": present, "kept": kept, "present_without_lora": base_rate}
+        flag = "ok" if present >= TARGETS["lora_present"] and kept >= TARGETS["lora_kept"] else "BELOW TARGET"
+        print(f"{concept_id:14} {present:8.3f} {kept:6.3f} {base_rate:8.3f}   {flag}", flush=True)
+    lora_rows = figures["loras"].values()
+    figures["lora_summary"] = {
+        "mean_present": float(np.mean([r["present"] for r in lora_rows])),
+        "mean_kept": float(np.mean([r["kept"] for r in lora_rows])),
+        "loras_meeting_both": sum(r["present"] >= TARGETS["lora_present"] and r["kept"] >= TARGETS["lora_kept"]
+                                  for r in lora_rows),
+        "loras": len(figures["loras"]),
+    }
+    summary = figures["lora_summary"]
+    print(f"LoRAs: mean present {summary['mean_present']:.3f}, mean kept {summary['mean_kept']:.3f}, "
+          f"{summary['loras_meeting_both']}/{summary['loras']} meet both targets ({time.time() - started:.0f}s)")
+    if args.json:
+        from harness.io import atomic_write_json
+
+        atomic_write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

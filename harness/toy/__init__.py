@@ -1,0 +1,1 @@
+"""The toy world: a CPU-sized ComposLoRA testbed with oracle ground truth (see README, "Toy-world testbed")."""

@@ -1,0 +1,177 @@
+"""The toy base model: a standard diffusers StableDiffusionPipeline trained from scratch on the toy world.
+
+Standard classes only (CLIPTokenizer, CLIPTextModel, AutoencoderKL, UNet2DConditionModel,
+DPMSolverMultistepScheduler with SD1.5's noise schedule), so the folder loads through the same code path as
+SD1.5. The VAE is trained first (32x32 -> 4x16x16 latents), then the UNet and the text encoder jointly on
+generic captions with random slot dropout (so an unprompted slot is filled by the model) and 10% empty
+captions (for classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.toy import world
+
+SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+UNET_ATTENTION_RESOLUTIONS = "8x8 and 4x4 latents"
+
+
+@dataclass
+class Pool:
+    """Rendered training scenes: images in [-1, 1] (N, 3, 32, 32) and their specs."""
+
+    images: torch.Tensor
+    specs: list[world.SceneSpec]
+
+
+def render_pool(count: int, seed: int) -> Pool:
+    rng = np.random.default_rng(seed)
+    specs = [world.sample_generic_spec(rng) for _ in range(count)]
+    arrays = np.stack([world.render(spec, rng) for spec in specs])
+    return Pool(to_model_range(arrays), specs)
+
+
+def to_model_range(arrays: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def build_text_encoder(vocab_size: int, tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=world.SIZE,
+        mid_block_add_attention=False,  # 16x16 self-attention costs more than it helps on 32x32 scenes
+    )
+
+
+def build_unet() -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def _lr_at(step: int, steps: int, peak: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(pool: Pool, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+              log: Callable[[str], None] = print) -> Any:
+    """Reconstruction + tiny KL; sets ``scaling_factor`` so latents have unit std (as SD's 0.18215 does)."""
+    torch.manual_seed(seed)
+    vae = build_vae()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        batch = pool.images[torch.randint(len(pool.images), (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            psnr = 10 * math.log10(4.0 / max(F.mse_loss(recon, batch).item(), 1e-10))
+            log(f"  vae step {step + 1}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} dB ({time.time() - start:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pool.images[:1024].split(256)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+@torch.no_grad()
+def vae_roundtrip(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.decode(vae.encode(chunk).latent_dist.mean).sample.clamp(-1, 1)
+                      for chunk in images.split(256)])
+
+
+def encode_captions(tokenizer: Any, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int = 64, lr: float = 1e-3,
+               seed: int = 0, drop_slot: float = 0.25, drop_caption: float = 0.1,
+               log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """Train UNet + text encoder jointly (epsilon prediction, SD1.5 noise schedule)."""
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    unet, text_encoder = build_unet(), build_text_encoder(len(tokenizer), tokenizer)
+    noise_scheduler = DDPMScheduler(**SD15_SCHEDULE)
+    with torch.no_grad():  # the pool's latent posteriors, computed once
+        moments = [vae.encode(chunk).latent_dist for chunk in pool.images.split(256)]
+        means = torch.cat([m.mean for m in moments])
+        stds = torch.cat([m.std for m in moments])
+    scale = vae.config.scaling_factor
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        index = torch.from_numpy(rng.integers(len(pool.specs), size=batch_size))
+        latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
+        captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot)
+                    for i in index.tolist()]
+        hidden = text_encoder(encode_captions(tokenizer, captions))[0]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,))
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % max(1, steps // 20) == 0 or step == steps - 1:
+            log(f"  unet step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+    return unet.eval(), text_encoder.eval()
+
+
+def save_pipeline(folder: str | Path, vae: Any, unet: Any, text_encoder: Any, tokenizer: Any) -> Path:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler(**SD15_SCHEDULE, steps_offset=1, algorithm_type="dpmsolver++")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return Path(folder)

@@ -1,0 +1,195 @@
+"""``python -m harness testbed build toy [--quick] [--out DIR] [--force]``: rebuild the toy testbed from seeds.
+
+Phases, each skipped when its output already exists (so an interrupted build resumes; ``--force`` redoes
+all): tokenizer + VAE + UNet/text encoder -> ``base/``; two slot oracles -> ``oracle/``; one LoRA per
+held-back concept with ``harness.train_lora`` -> ``lora/<id>.safetensors``; reference renders ->
+``references/<id>/``; the manifest ``lora_info.json``. Work is budgeted in steps, not seconds (the machine
+is shared and can stall); ``--quick`` uses tiny step counts to test the build path itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from harness.io import atomic_write, atomic_write_json
+
+DEFAULT_OUT = Path("testbed/toy")
+
+
+@dataclass(frozen=True)
+class Budget:
+    pool: int = 8192
+    vae_steps: int = 600
+    unet_steps: int = 1500
+    unet_batch: int = 64
+    oracle_steps: int = 400
+    lora_steps: int = 200
+    lora_examples: int = 96
+    lora_batch: int = 8
+    references: int = 4
+
+
+QUICK = Budget(pool=256, vae_steps=3, unet_steps=3, unet_batch=8, oracle_steps=3, lora_steps=2, lora_examples=8,
+               lora_batch=4, references=2)
+SEED = 0
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def build_base(out: Path, budget: Budget) -> None:
+    from harness.toy import base_model, world
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    target = out / "base"
+    if (target / "model_index.json").exists():
+        log(f"[base] {target} exists, skipped")
+        return
+    started = time.time()
+    log(f"[base] rendering {budget.pool} scenes")
+    pool = base_model.render_pool(budget.pool, SEED)
+    tokenizer = build_toy_tokenizer(world.vocabulary())
+    log(f"[base] VAE, {budget.vae_steps} steps")
+    vae = base_model.train_vae(pool, budget.vae_steps, seed=SEED, log=log)
+    log(f"[base] UNet + text encoder, {budget.unet_steps} steps at batch {budget.unet_batch}")
+    unet, text_encoder = base_model.train_unet(pool, vae, tokenizer, budget.unet_steps, budget.unet_batch,
+                                               seed=SEED, log=log)
+    scratch = Path(tempfile.mkdtemp(dir=out, prefix=".base."))
+    base_model.save_pipeline(scratch, vae, unet, text_encoder, tokenizer)
+    shutil.rmtree(target, ignore_errors=True)
+    scratch.rename(target)  # a half-saved folder never looks complete
+    log(f"[base] saved {target} ({time.time() - started:.0f}s)")
+
+
+def build_oracle(out: Path, budget: Budget) -> None:
+    from diffusers import AutoencoderKL
+
+    from harness.toy.oracle import save_oracles, train_oracle
+
+    target = out / "oracle"
+    if (target / "config.json").exists():
+        log(f"[oracle] {target} exists, skipped")
+        return
+    vae = AutoencoderKL.from_pretrained(out / "base" / "vae").eval()
+    models = []
+    for number in range(2):  # two independently seeded oracles: the benchmark reports their agreement
+        log(f"[oracle] member {number}, {budget.oracle_steps} steps")
+        models.append(train_oracle(budget.oracle_steps, seed=SEED + 100 + number, vae=vae, log=log))
+    save_oracles(models, target)
+    log(f"[oracle] saved {target}")
+
+
+# More reach than attention-only LoRAs (the prototype's were too weak): attention, the transformer's
+# proj_in/proj_out and feed-forward, and the second ResNet convolution (size budget); plus the text encoder, so the unseen
+# trigger tokens get their own meaning.
+LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv2"]
+LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+LORA_RANK = 8
+LORA_LEARNING_RATE = 2e-3
+
+
+def lora_examples(concept_id: str, count: int, seed: int) -> list[tuple[Image.Image, str]]:
+    """Renders with the concept in its slot and random generic others; captions name the others."""
+    from harness.toy import world
+
+    rng = np.random.default_rng(seed)
+    examples = []
+    for _ in range(count):
+        spec = world.concept_spec(concept_id, rng)
+        caption = world.caption(spec, rng, drop_slot=0.25, concepts=(concept_id,))
+        examples.append((Image.fromarray(world.render(spec, rng)), caption))
+    return examples
+
+
+def build_loras(out: Path, budget: Budget) -> None:
+    from harness.toy import world
+    from harness.train_lora import train_lora
+
+    for number, concept in enumerate(world.CONCEPTS):
+        target = out / "lora" / f"{concept.id}.safetensors"
+        if target.exists():
+            log(f"[lora] {target} exists, skipped")
+            continue
+        started = time.time()
+        log(f"[lora] {concept.id} ({concept.name}), {budget.lora_steps} steps")
+        examples = lora_examples(concept.id, budget.lora_examples, seed=SEED + 1000 + number)
+        train_lora(out / "base", examples, target, rank=LORA_RANK, steps=budget.lora_steps,
+                   learning_rate=LORA_LEARNING_RATE, batch_size=budget.lora_batch, resolution=world.SIZE,
+                   unet_target_modules=LORA_UNET_TARGETS, train_text_encoder=True,
+                   text_encoder_target_modules=LORA_TEXT_TARGETS, seed=SEED + number, device="cpu",
+                   metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id}, progress=False)
+        log(f"[lora] saved {target} ({time.time() - started:.0f}s)")
+
+
+def build_references(out: Path, budget: Budget) -> None:
+    from harness.toy import world
+
+    for number, concept in enumerate(world.CONCEPTS):
+        folder = out / "references" / concept.id
+        rng = np.random.default_rng(SEED + 2000 + number)
+        for index in range(budget.references):
+            path = folder / f"{index}.png"
+            image = Image.fromarray(world.render(world.concept_spec(concept.id, rng), rng))
+            atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
+    log(f"[references] {budget.references} per concept in {out / 'references'}")
+
+
+def build_manifest(out: Path, budget: Budget) -> None:
+    from harness.toy import world
+
+    atomic_write_json(out / "lora_info.json", world.manifest())
+    log(f"[manifest] {out / 'lora_info.json'}")
+
+
+PHASES = {"base": build_base, "oracle": build_oracle, "lora": build_loras, "references": build_references,
+          "manifest": build_manifest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness testbed build", description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["build"])
+    parser.add_argument("name", choices=["toy"])
+    parser.add_argument("--quick", action="store_true", help="tiny step counts (tests the build path)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default testbed/toy; "
+                        "with --quick a temporary folder)")
+    parser.add_argument("--force", action="store_true", help="redo phases whose output exists")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {list(PHASES)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    args = parser.parse_args(argv)
+    import harness  # noqa: F401
+    import torch
+
+    torch.set_num_threads(args.threads)
+    budget = QUICK if args.quick else Budget()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="toy-quick-")) if args.quick else DEFAULT_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"building toy testbed into {out} ({'quick' if args.quick else 'full'}: {budget})")
+    started = time.time()
+    for name in args.phases.split(","):
+        if name not in PHASES:
+            parser.error(f"unknown phase {name!r}; choose from {list(PHASES)}")
+        if args.force:
+            _clear_phase(out, name)
+        PHASES[name](out, budget)
+    log(f"done in {time.time() - started:.0f}s: {out}")
+    return 0
+
+
+def _clear_phase(out: Path, name: str) -> None:
+    for path in {"base": ["base"], "oracle": ["oracle"], "lora": ["lora"], "references": ["references"],
+                 "manifest": []}.get(name, []):
+        shutil.rmtree(out / path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

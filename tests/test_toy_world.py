@@ -1,0 +1,105 @@
+"""The toy world: deterministic renders, captions and triggers, manifest and set structure (no models)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from harness.toy import world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_render_is_deterministic_and_sized():
+    spec = world.sample_generic_spec(np.random.default_rng(3))
+    first = world.render(spec, np.random.default_rng(7))
+    second = world.render(spec, np.random.default_rng(7))
+    assert first.shape == (world.SIZE, world.SIZE, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, second)
+
+
+def test_every_slot_changes_the_image():
+    rng = np.random.default_rng(0)
+    spec = world.sample_generic_spec(rng)
+    reference = world.render(spec, np.random.default_rng(1)).astype(int)
+    for category in world.CATEGORIES:
+        other = next(v for v in world.generic_variants(category) if v != spec.slot(category)
+                     and not (category == "clothing" and v[1] == "plain" and spec.slot(category)[1] == "plain"))
+        changed = world.render(spec.replace(**{category: other}), np.random.default_rng(1)).astype(int)
+        assert np.abs(changed - reference).sum() > 0, category
+
+
+def test_held_back_combinations_never_in_generic_scenes():
+    rng = np.random.default_rng(0)
+    labels = Counter(label for _ in range(2000) for label in world.sample_generic_spec(rng).labels().values())
+    assert not any(label in world.CONCEPTS_BY_ID for label in labels)
+    for concept in world.CONCEPTS:
+        assert concept.value not in world.generic_variants(concept.category)
+        # a new combination of attributes the base model does see, each with other partners
+        first, second = concept.value
+        variants = world.generic_variants(concept.category)
+        assert any(v[0] == first for v in variants) and any(v[1] == second for v in variants)
+
+
+def test_captions_round_trip_and_triggers_are_unseen():
+    rng = np.random.default_rng(1)
+    generic_words = set()
+    for _ in range(300):
+        spec = world.sample_generic_spec(rng)
+        text = world.caption(spec)
+        assert text.startswith(world.BASE_PROMPT)
+        assert world.parse_prompt(text) == spec.labels()
+        generic_words |= set(world.caption(spec, rng, drop_slot=0.3).replace(",", " ").split())
+    for concept in world.CONCEPTS:
+        assert concept.trigger[0] not in generic_words  # the rare token is never named in base training
+        assert len(concept.trigger) >= 2
+        text = world.caption(world.concept_spec(concept.id, rng), concepts=(concept.id,))
+        assert all(phrase in text for phrase in concept.trigger)
+        assert concept.category not in world.parse_prompt(text)  # its slot is named only by the triggers
+
+
+def test_manifest_matches_composlora_format():
+    manifest = world.manifest()
+    anime = json.loads((ROOT / "testbed/composlora/anime_lora_info.json").read_text())
+    assert list(manifest) == list(anime) == list(world.CATEGORIES)
+    for category, entries in manifest.items():
+        assert [e["id"] for e in entries] == [f"{category}_{i + 1}" for i in range(len(entries))]
+        for entry, reference in zip(entries, anime[category]):
+            assert set(entry) == set(reference)
+            assert all(isinstance(phrase, str) and phrase for phrase in entry["trigger"])
+    assert [len(manifest[c]) for c in world.CATEGORIES] == [len(anime[c]) for c in world.CATEGORIES] == [3, 2, 2, 2, 2]
+    committed = ROOT / "testbed/toy/lora_info.json"
+    assert json.loads(committed.read_text()) == manifest
+
+
+def test_testbed_config_gives_composlora_set_counts():
+    from harness.testbeds import load_testbed
+
+    config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/testbed/toy.yaml"), resolve=True)
+    testbed = load_testbed(config)
+    counts = Counter(s.n for s in testbed.sets())
+    assert [counts[n] for n in (2, 3, 4, 5)] == [24, 72, 96, 48]
+    for composition in testbed.sets()[:20]:
+        prompt = testbed.prompt_for(composition)
+        present = {lora.category for lora in composition.loras}
+        assert set(world.parse_prompt(prompt)) == set(config["fill"]) - present  # fill phrases parse back
+
+
+def test_toy_tokenizer_has_one_token_per_word(tmp_path):
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    tokenizer = build_toy_tokenizer(world.vocabulary(), tmp_path)
+    assert all(len(tokenizer.tokenize(word)) == 1 for word in world.vocabulary())
+    assert tokenizer.model_max_length == 77
+    assert len(tokenizer.tokenize("qqzx")) >= 1  # unknown words still tokenize (letters)
+
+
+@pytest.mark.parametrize("category", world.CATEGORIES)
+def test_variant_labels(category):
+    for variant in world.generic_variants(category):
+        assert world.variant_label(category, variant).startswith("generic:")
