@@ -1,0 +1,254 @@
+"""The LoRA trainer on the tiny random pipeline: learning, saving/loading, resuming, inputs and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import harness  # noqa: F401  (before diffusers)
+from harness.models import load_pipeline, model_identity
+from harness.tiny import build_tiny_pipeline
+from harness.train_lora import fit_lora, load_examples, main, train_lora
+from harness.training import TrainingInputError
+from harness.training.dataset import open_rgb, resize_and_center_crop
+from harness.training.lora_file import read_lora_metadata
+
+QUICK = dict(resolution=32, batch_size=2, device="cpu", progress=False)
+
+
+def _pattern_image(index: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    """A coloured square on a plain background, different per index: something a LoRA can fit."""
+    rng = np.random.default_rng(index)
+    array = np.zeros((size[1], size[0], 3), dtype=np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+    array[8:24, 8:24] = rng.integers(0, 255, 3, dtype=np.uint8)
+    return Image.fromarray(array)
+
+
+EXAMPLES = [(_pattern_image(index), "zqx toy") for index in range(4)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads per step are several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("train_lora") / "base")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: Path):
+    """One 30-step run on UNet (+ a conv target) and text encoder, alpha != rank, with its step losses."""
+    losses: list[float] = []
+    result = fit_lora(tiny_base, EXAMPLES, rank=4, alpha=2.0, steps=30, learning_rate=1e-2,
+                      unet_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                      train_text_encoder=True, on_step=lambda step, loss: losses.append(loss), **QUICK)
+    return result, losses
+
+
+def _fixed_inputs(pipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(123)
+    latents = torch.randn(2, 4, 16, 16, generator=generator)
+    ids = pipe.tokenizer(["zqx toy", "a plain picture"], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    return latents, torch.tensor([50, 700]), ids
+
+
+@torch.no_grad()
+def _outputs(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    latents, timesteps, ids = _fixed_inputs(pipe)
+    text_states = pipe.text_encoder(ids)[0]
+    return text_states, pipe.unet(latents, timesteps, text_states).sample
+
+
+@torch.no_grad()
+def _denoising_loss(pipe) -> float:
+    """MSE of the noise prediction on the training images at fixed noise and timesteps."""
+    generator = torch.Generator().manual_seed(7)
+    pixels = torch.stack([torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)
+                          for image, _ in EXAMPLES])
+    latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    latents = latents.repeat(4, 1, 1, 1)
+    timesteps = torch.tensor([100, 300, 500, 800]).repeat_interleave(len(EXAMPLES))
+    noise = torch.randn(latents.shape, generator=generator)
+    from diffusers import DDPMScheduler
+
+    noisy = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, timesteps)
+    ids = pipe.tokenizer(["zqx toy"] * len(latents), padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    prediction = pipe.unet(noisy, timesteps, pipe.text_encoder(ids)[0]).sample
+    return torch.nn.functional.mse_loss(prediction, noise).item()
+
+
+def test_training_lowers_the_denoising_loss(trained):
+    result, losses = trained
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    trained_loss = _denoising_loss(result.pipeline)
+    for module, _ in result.parts.values():
+        module.disable_adapters()
+    try:
+        base_loss = _denoising_loss(result.pipeline)
+    finally:
+        for module, _ in result.parts.values():
+            module.enable_adapters()
+    assert trained_loss < 0.9 * base_loss
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_saved_file_loads_and_reproduces_the_trained_model(trained, tiny_base, tmp_path):
+    result, _ = trained
+    path = result.save(tmp_path / "zqx.safetensors", {"trigger": "zqx"})
+    trained_text, trained_noise = _outputs(result.pipeline)
+
+    pipe = load_pipeline(tiny_base, scheduler="default", device="cpu")
+    base_text, base_noise = _outputs(pipe)
+    pipe.load_lora_weights(str(path), adapter_name="zqx")
+    pipe.set_adapters(["zqx"])
+    loaded_text, loaded_noise = _outputs(pipe)
+
+    assert not torch.allclose(trained_text, base_text, atol=1e-3)  # the text-encoder LoRA was trained ...
+    assert not torch.allclose(trained_noise, base_noise, atol=1e-3)
+    torch.testing.assert_close(loaded_text, trained_text, atol=1e-5, rtol=1e-5)  # ... saved and loaded
+    # alpha (2) != rank (4): this only holds if the file carries alpha and diffusers applies it
+    torch.testing.assert_close(loaded_noise, trained_noise, atol=1e-5, rtol=1e-5)
+
+    metadata = read_lora_metadata(path)
+    assert metadata["trigger"] == "zqx"
+    assert json.loads(metadata["base_model"]) == model_identity(tiny_base)
+    assert (int(metadata["rank"]), float(metadata["alpha"]), int(metadata["steps"])) == (4, 2.0, 30)
+    assert "proj_in" in json.loads(metadata["unet_target_modules"])
+    assert json.loads(metadata["train_text_encoder"]) is True
+    assert metadata["harness_version"] == harness.__version__
+
+
+def test_unet_only_lora_has_no_text_encoder_keys(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    path = train_lora(tiny_base, EXAMPLES[:2], tmp_path / "unet_only.safetensors", steps=1, **QUICK)
+    keys = list(load_file(path))
+    assert keys and all(key.startswith("unet.") for key in keys)
+    assert {key.rsplit(".", 2)[-2] for key in keys} == {"lora_A", "lora_B"}
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    settings = dict(steps=4, learning_rate=1e-2, checkpoint_every=2, seed=3, **QUICK)
+    straight = train_lora(tiny_base, EXAMPLES, tmp_path / "straight.safetensors",
+                          checkpoint_dir=tmp_path / "ck_straight", **settings)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_third_step(step: int, loss: float) -> None:
+        if step == 2:  # after the step-2 checkpoint, before the step-4 one
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "ck",
+                   on_step=crash_at_third_step, **settings)
+    assert not (tmp_path / "resumed.safetensors").exists()
+    steps_run: list[int] = []
+    resumed = train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "ck",
+                         on_step=lambda step, loss: steps_run.append(step), **settings)
+    assert steps_run == [2, 3]
+    straight_weights, resumed_weights = load_file(straight), load_file(resumed)
+    assert straight_weights.keys() == resumed_weights.keys()
+    for key in straight_weights:
+        torch.testing.assert_close(resumed_weights[key], straight_weights[key], atol=0, rtol=0)
+
+    with pytest.raises(TrainingInputError, match="different settings"):  # another run's checkpoint
+        train_lora(tiny_base, EXAMPLES, tmp_path / "other.safetensors", checkpoint_dir=tmp_path / "ck",
+                   **{**settings, "seed": 4})
+
+
+def test_load_examples_captions_and_trigger(tmp_path):
+    for name in ("b", "a", "c"):
+        _pattern_image(ord(name)).save(tmp_path / f"{name}.png")
+    (tmp_path / "a.txt").write_text("a girl in a red coat\n")
+    (tmp_path / "b.txt").write_text("zqx girl, smiling")
+    (tmp_path / "notes.md").write_text("not an image")
+
+    with pytest.raises(TrainingInputError, match="c.png"):  # c has no caption and there is no trigger
+        load_examples(tmp_path)
+    examples = load_examples(tmp_path, trigger="zqx girl")
+    assert [path.name for path, _ in examples] == ["a.png", "b.png", "c.png"]
+    assert [caption for _, caption in examples] == ["zqx girl, a girl in a red coat", "zqx girl, smiling",
+                                                    "zqx girl"]
+    templated = load_examples(tmp_path, trigger="zqx", caption_template="a photo of {trigger}")
+    assert templated[2][1] == "a photo of zqx"
+
+
+def test_load_examples_bad_folders(tmp_path):
+    with pytest.raises(TrainingInputError, match="does not exist"):
+        load_examples(tmp_path / "missing", trigger="x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainingInputError, match="no images"):
+        load_examples(tmp_path / "empty", trigger="x")
+
+
+def test_images_are_resized_and_centre_cropped(tmp_path):
+    array = np.zeros((40, 80, 3), dtype=np.uint8)
+    array[:, 20:60] = 255  # a white centre band 40 px wide: the centre crop of the 40x80 image
+    square = resize_and_center_crop(open_rgb(Image.fromarray(array).convert("L")), 20)
+    assert square.size == (20, 20) and square.mode == "RGB"
+    assert np.asarray(square)[:, 2:-2].min() > 200
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(TrainingInputError, match="broken.png"):
+        open_rgb(tmp_path / "broken.png")
+
+
+def _write_images(folder: Path, count: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        _pattern_image(index, size=(48, 40)).save(folder / f"img{index}.png")
+    return folder
+
+
+@pytest.mark.parametrize("problem", ["missing_folder", "no_images", "unreadable_image", "missing_base"])
+def test_cli_bad_input_is_one_clear_error(problem, tiny_base, tmp_path, capsys):
+    images, base = tmp_path / "images", tiny_base
+    if problem == "missing_folder":
+        images = tmp_path / "nowhere"
+    elif problem == "no_images":
+        images.mkdir()
+    elif problem == "unreadable_image":
+        _write_images(images)
+        (images / "img1.png").write_bytes(b"\x89PNG truncated")
+    else:
+        _write_images(images)
+        base = tmp_path / "no_such_model"
+    code = main(["--base", str(base), "--images", str(images), "--trigger", "zqx", "--out",
+                 str(tmp_path / "out.safetensors"), "--steps", "1", "--resolution", "32", "--device", "cpu",
+                 "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in error and "Fix" in error
+    named = {"missing_folder": "nowhere", "no_images": "images", "unreadable_image": "img1.png",
+             "missing_base": "no_such_model"}[problem]
+    assert named in error
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_cli_trains_and_records_the_trigger(tiny_base, tmp_path, capsys):
+    images = _write_images(tmp_path / "images")
+    (images / "img0.txt").write_text("a red square")
+    out = tmp_path / "lora" / "zqx.safetensors"
+    code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx toy", "--out", str(out),
+                 "--steps", "2", "--rank", "2", "--resolution", "32", "--batch-size", "2", "--device", "cpu",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    metadata = read_lora_metadata(out)
+    assert metadata["trigger"] == "zqx toy"
+    assert json.loads(metadata["captions"]) == ["zqx toy", "zqx toy, a red square"]
+    assert int(metadata["rank"]) == 2 and int(metadata["steps"]) == 2
