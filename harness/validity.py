@@ -1,0 +1,97 @@
+"""Metric validity on the toy testbed: how well each metric agrees with the oracle (the ground truth).
+
+For every metric column (metric x metric key x sub-metric; per-LoRA sub-metrics are left out, their
+per-image aggregates such as ``clip:mean`` stay) against the oracle's ``all_present`` (1 when every concept
+of the set is in the image):
+
+- ``spearman_rho``: Spearman correlation over images (both values present);
+- ``kendall_tau``: Kendall tau between the method ranking the metric gives (mean per method over those
+  images) and the oracle's ranking of the same methods.
+
+``write_validity(results_dir)`` writes ``validity.csv`` next to the leaderboard;
+``python -m harness.validity RESULTS_DIR`` does the same from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.io import atomic_write
+from harness.records import iter_images
+from harness.scoring import load_scores
+
+ORACLE_METRIC, ORACLE_SUB_METRIC = "oracle", "all_present"
+VALUE_STATUSES = ("ok", "fallback_full_image")
+VALIDITY_FILE = "validity.csv"
+VALIDITY_COLUMNS = ["metric", "sub_metric", "metric_key", "n_images", "spearman_rho", "spearman_p", "n_methods",
+                    "kendall_tau", "kendall_p", "metric_ranking", "oracle_ranking"]
+
+
+def _names_a_lora(sub_metric: str, lora_ids: set[str]) -> bool:
+    tokens = sub_metric.replace("=", ":").split(":")
+    return any(token in lora_ids for token in tokens)
+
+
+def validity_table(results_dir: str | Path) -> pd.DataFrame:
+    """One row per metric column: agreement with the oracle per image (Spearman) and per method (Kendall)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    scores = load_scores(results_dir)
+    scores = scores[scores["status"].isin(VALUE_STATUSES) & scores["value"].notna()]
+    oracle = scores[(scores["metric"] == ORACLE_METRIC) & (scores["sub_metric"] == ORACLE_SUB_METRIC)]
+    if oracle.empty:
+        raise ValueError(f"{results_dir} has no oracle rows ({ORACLE_METRIC}/{ORACLE_SUB_METRIC}): validity needs the "
+                         f"toy testbed's oracle. Score with it first: `python -m harness score output_dir={results_dir} "
+                         f"metric=[oracle]`.")
+    oracle_key = oracle["metric_key"].value_counts().index[0]  # the oracle settings with the most rows
+    oracle = oracle[oracle["metric_key"] == oracle_key][["image_key", "method_label", "value"]]
+    lora_ids = {lora["id"] for image in iter_images(results_dir) for lora in image.loras}
+    rows = []
+    others = scores[scores["metric"] != ORACLE_METRIC]
+    for (metric, metric_key, sub_metric), group in others.groupby(["metric", "metric_key", "sub_metric"], sort=True):
+        if _names_a_lora(sub_metric, lora_ids):
+            continue
+        per_image = group.groupby(["image_key", "method_label"], as_index=False)["value"].mean()
+        paired = per_image.merge(oracle, on=["image_key", "method_label"], suffixes=("", "_oracle"))
+        row = {"metric": metric, "sub_metric": sub_metric, "metric_key": metric_key, "n_images": len(paired),
+               "spearman_rho": np.nan, "spearman_p": np.nan, "n_methods": 0, "kendall_tau": np.nan,
+               "kendall_p": np.nan, "metric_ranking": "", "oracle_ranking": ""}
+        if len(paired) >= 3 and paired["value"].nunique() > 1 and paired["value_oracle"].nunique() > 1:
+            result = spearmanr(paired["value"], paired["value_oracle"])
+            row.update(spearman_rho=float(result.statistic), spearman_p=float(result.pvalue))
+        methods = paired.groupby("method_label")[["value", "value_oracle"]].mean()
+        row["n_methods"] = len(methods)
+        row["metric_ranking"] = " > ".join(methods["value"].sort_values(ascending=False, kind="stable").index)
+        row["oracle_ranking"] = " > ".join(methods["value_oracle"].sort_values(ascending=False, kind="stable").index)
+        if len(methods) >= 2 and methods["value"].nunique() > 1 and methods["value_oracle"].nunique() > 1:
+            result = kendalltau(methods["value"], methods["value_oracle"])
+            row.update(kendall_tau=float(result.statistic), kendall_p=float(result.pvalue))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=VALIDITY_COLUMNS)
+
+
+def write_validity(results_dir: str | Path) -> Path:
+    """Write ``<results_dir>/validity.csv`` (next to leaderboard.csv) and return its path."""
+    table = validity_table(results_dir)
+    path = Path(results_dir) / VALIDITY_FILE
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.validity", description=__doc__.split("\n")[0])
+    parser.add_argument("results_dir")
+    args = parser.parse_args(argv)
+    path = write_validity(args.results_dir)
+    print(pd.read_csv(path).to_string(index=False))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
