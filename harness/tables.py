@@ -83,9 +83,9 @@ def has_value(frame: pd.DataFrame) -> pd.Series:
 # ------------------------------------------------------------------------------------- metric column groups
 
 
-def is_pairwise_judge(sub_metric: str) -> bool:
+def is_pairwise_judge(frame: pd.DataFrame) -> pd.Series:
     """Judge pairwise rows (``composition_vs_<label>``...) belong in judge_wtl.csv, not the leaderboard."""
-    return "_vs_" in sub_metric
+    return frame["sub_metric"].str.contains("_vs_", regex=False).astype(bool)
 
 
 def column_groups(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +94,7 @@ def column_groups(tidy: pd.DataFrame) -> pd.DataFrame:
     The name is ``metric`` (sub-metric ``all``) or ``metric/sub_metric``; ``@metric_key`` is appended only
     when one folder holds the same metric made with several settings, so names stay short and unique.
     """
-    frame = tidy[~tidy["sub_metric"].map(is_pairwise_judge)]
+    frame = tidy[~is_pairwise_judge(tidy)]
     groups = frame.drop_duplicates(["metric", "sub_metric", "metric_key"])[
         ["metric", "sub_metric", "metric_key", "metric_version", "metric_settings"]
     ].sort_values(["metric", "metric_key", "sub_metric"], kind="stable")
@@ -208,6 +208,12 @@ def leaderboard_meta(tidy: pd.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- coverage
 
 
+COVERAGE_COLUMNS = ["method_label", "metric", "metric_key", "images_generated", "generation_failures", "images_scored",
+                    "images_missing", "images_not_scored", "rows_ok", "rows_missing",
+                    *[f"missing_{status}" for status in STATUSES if status not in ("ok", "fallback_full_image")],
+                    "reasons"]
+
+
 def coverage_table(tidy: pd.DataFrame, results_dir: str | Path | None = None) -> pd.DataFrame:
     """Per method x metric (x metric_key): images generated, generation failures, scored, missing, why.
 
@@ -226,7 +232,7 @@ def coverage_table(tidy: pd.DataFrame, results_dir: str | Path | None = None) ->
     labels = sorted(set(generated) | set(failed) | set(tidy["method_label"]))
     metrics = tidy.drop_duplicates(["metric", "metric_key"])[["metric", "metric_key"]].sort_values(
         ["metric", "metric_key"]).itertuples(index=False)
-    metrics = list(metrics)
+    metrics = list(metrics) or [("", "")]  # nothing scored yet: still one row per method with its counts
     records = []
     for label in labels:
         for metric, metric_key in metrics:
@@ -254,7 +260,7 @@ def coverage_table(tidy: pd.DataFrame, results_dir: str | Path | None = None) ->
                     record[f"missing_{status}"] = int((missing_rows["status"] == status).sum())
             record["reasons"] = " | ".join(f"{text} (x{count})" for text, count in reasons.most_common(5))
             records.append(record)
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records, columns=COVERAGE_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------- the judge
@@ -266,7 +272,7 @@ def judge_pairs(tidy: pd.DataFrame) -> pd.DataFrame:
     Row format (fixed by the judge metric): image A carries ``<criterion>_vs_<B>`` = A's score averaged
     over both orders and ``<criterion>_consistent_vs_<B>`` = 1/0; image B carries ``<criterion>_vs_<A>``.
     """
-    judge = tidy[(tidy["metric"] == JUDGE_METRIC) & tidy["sub_metric"].map(is_pairwise_judge)]
+    judge = tidy[(tidy["metric"] == JUDGE_METRIC) & is_pairwise_judge(tidy)]
     columns = ["method_a", "method_b", "metric_key", "set_id", "n", "seed", "criterion", "score_a", "score_b",
                "consistent"]
     if judge.empty:
@@ -328,10 +334,10 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_tables(results_dir: str | Path) -> dict[str, Path]:
     """Rebuild every table of ``results_dir`` from its stored rows; returns name -> path written."""
     results_dir = Path(results_dir)
-    if not results_dir.is_dir():
+    if not ((results_dir / "images").is_dir() or (results_dir / "scores").is_dir()):
         raise FileNotFoundError(
-            f"results folder {results_dir} does not exist: pass the folder a run wrote (it holds images/ "
-            f"and scores/), e.g. `python -m harness table results/toy`.")
+            f"{results_dir} is not a results folder (no images/ or scores/ in it): pass the folder a run "
+            f"wrote, e.g. `python -m harness table results/toy`.")
     tidy = tidy_table(results_dir)
     long = leaderboard_long(tidy)
     paths = {

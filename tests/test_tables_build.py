@@ -11,6 +11,7 @@ import pytest
 
 import harness  # noqa: F401  (first: makes torchvision importable)
 from harness import tables
+from harness.report import write_report
 from harness.metrics.base import SCORE_COLUMNS
 from results_fixture import (  # noqa: F401  (results_dir is a fixture)
     ERROR_ROW, FAILED, METHOD_MEANS, NOT_SCORED, SEEDS, SETS, make_results_folder, results_dir,
@@ -143,4 +144,15 @@ def test_table_cli_rebuilds_and_reports_bad_folder(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit) as exit_info:
         tables.main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "not a results folder" in capsys.readouterr().err
+
+
+def test_folder_with_images_but_no_scores(tmp_path: Path) -> None:
+    folder = make_results_folder(tmp_path / "toy")
+    shutil.rmtree(folder / "scores")
+    paths = tables.write_tables(folder)
+    coverage = pd.read_csv(paths["coverage"], keep_default_na=False).set_index("method_label")
+    assert coverage.loc["merge", "images_generated"] == len(SETS) * len(SEEDS)
+    assert coverage.loc["merge", "images_not_scored"] == len(SETS) * len(SEEDS)
+    assert pd.read_csv(paths["leaderboard"]).empty
+    assert "No scores yet" in write_report(folder).read_text(encoding="utf-8")
