@@ -33,7 +33,6 @@ from harness.records import iter_failures, iter_images
 from harness.scoring import load_scores
 
 JUDGE_METRIC = "llm_judge"
-JUDGE_CRITERIA = ("composition", "quality")
 ORACLE_METRIC = "oracle"
 ORACLE_SUB_METRIC = "all_present"
 ALL_N = "all"
