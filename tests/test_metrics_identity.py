@@ -193,3 +193,14 @@ def test_region_extractors(tmp_path: Path) -> None:
     assert REGIONS.get("full")().extract(image, None, OBJECT_B)[0].image is image
     with pytest.raises(KeyError, match="Known"):
         ImageRef(dinov2="x", regions={"character": "sam9"})
+
+
+def test_mask_region_with_clipseg(tmp_path: Path) -> None:
+    from harness.toy.metric_models import save_tiny_clipseg
+
+    clipseg = str(save_tiny_clipseg(tmp_path / "clipseg"))
+    image = Image.fromarray(random_image(13))
+    empty = REGIONS.get("mask")(clipseg=clipseg, threshold=1.0).extract(image, None, OBJECT_B)[0]
+    assert empty.status == "fallback_full_image" and "empty mask" in empty.reason and empty.image is image
+    everything = REGIONS.get("mask")(clipseg=clipseg, threshold=0.0, prompt="triggers").extract(image, None, OBJECT_B)[0]
+    assert everything.status == "ok" and everything.box == [0, 0, 32, 32]

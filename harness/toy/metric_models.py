@@ -206,3 +206,29 @@ def build_metric_models(out_dir: str | Path = "metrics/toy", quick: bool = False
     }
     atomic_write_json(out_dir / "manifest.json", paths)
     return paths
+
+
+def save_tiny_clipseg(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIPSeg (model + processor, the toy world's word tokenizer) for tests of the ``mask`` path.
+
+    Random, so its masks mean nothing: the toy configs do not use it (they use the world's known boxes).
+    """
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    from harness.toy import world
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    tokenizer = build_toy_tokenizer(world.vocabulary())
+    config = CLIPSegConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"image_size": 32, "patch_size": 4, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        projection_dim=32, extract_layers=(0, 1), reduce_dim=16, decoder_intermediate_size=32)
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    image_processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
