@@ -80,6 +80,7 @@ def train_lora(
     progress: bool = True,
     flip: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    single_file_config: str | Path | None = None,
 ) -> Path:
     """Train a LoRA on ``examples`` ((image, caption) pairs) and save it to ``output_path`` (safetensors).
 
@@ -87,7 +88,8 @@ def train_lora(
     the file next to the training record. With ``checkpoint_dir`` and ``checkpoint_every > 0`` a checkpoint
     is written every that many steps; with ``resume`` a rerun continues from it. ``flip`` adds random
     horizontal flips (off by default: identity LoRAs care about asymmetry). ``on_step(step, loss)`` is
-    called after every optimizer step. Returns ``output_path``.
+    called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
+    single-file base checkpoint (needed offline). Returns ``output_path``.
     """
     output_path = Path(output_path)
     if output_path.suffix != ".safetensors":
@@ -98,7 +100,7 @@ def train_lora(
         batch_size=batch_size, resolution=resolution, unet_target_modules=unet_target_modules,
         train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        device=device, progress=progress, flip=flip, on_step=on_step,
+        device=device, progress=progress, flip=flip, on_step=on_step, single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
 
@@ -124,6 +126,7 @@ def fit_lora(
     progress: bool = True,
     flip: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    single_file_config: str | Path | None = None,
 ) -> TrainedLora:
     """The training itself (see ``train_lora``); returns the pipeline with the trained adapter, unsaved."""
     from diffusers import DDPMScheduler
@@ -141,7 +144,8 @@ def fit_lora(
     pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
     captions = [caption for _, caption in examples]
 
-    pipe = load_pipeline(base_model, scheduler="default", dtype="float32", device=device)
+    pipe = load_pipeline(base_model, scheduler="default", dtype="float32", device=device,
+                         single_file_config=single_file_config)
     unet, text_encoder, vae, tokenizer = pipe.unet, pipe.text_encoder, pipe.vae, pipe.tokenizer
     run_device = unet.device
     for module in (unet, text_encoder, vae):
@@ -325,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="folder of training images (+ optional caption files)")
     parser.add_argument("--trigger", default=None, help="trigger phrase: captions every image, or is put in "
                                                         "front of captions that lack it")
+    parser.add_argument("--single-file-config", default=None,
+                        help="diffusers config folder for a single-file --base checkpoint (needed offline)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--caption-extension", default=".txt")
     parser.add_argument("--rank", type=int, default=8)
@@ -345,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a shared CPU, 1 can be several times faster)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -353,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness.models import ModelLoadError
 
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         examples = load_examples(args.images, trigger=args.trigger, caption_extension=args.caption_extension)
         path = train_lora(
@@ -363,10 +373,13 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
             metadata={"trigger": args.trigger} if args.trigger else None,
+            single_file_config=args.single_file_config,
         )
     except ModelLoadError as error:
-        print(f"error: {str(error).replace('`model.base`', '--base').replace('`model.vae`', '--vae')}",
-              file=sys.stderr)
+        # the loader's message names the Hydra config keys; say the matching command-line options
+        message = str(error).replace("`model.base`", "--base").replace("`model.single_file_config`",
+                                                                          "--single-file-config")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except TrainingInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -143,7 +143,9 @@ def test_unet_only_lora_has_no_text_encoder_keys(tiny_base, tmp_path):
 def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
-    settings = dict(steps=4, learning_rate=1e-2, checkpoint_every=2, seed=3, **QUICK)
+    # text encoder and flips on too: every trained part and every random draw has to resume exactly
+    settings = dict(steps=4, learning_rate=1e-2, checkpoint_every=2, seed=3, train_text_encoder=True, flip=True,
+                    **QUICK)
     straight = train_lora(tiny_base, EXAMPLES, tmp_path / "straight.safetensors",
                           checkpoint_dir=tmp_path / "ck_straight", **settings)
 
@@ -164,6 +166,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
     assert steps_run == [2, 3]
     straight_weights, resumed_weights = load_file(straight), load_file(resumed)
     assert straight_weights.keys() == resumed_weights.keys()
+    assert any(key.startswith("text_encoder.") for key in straight_weights)
     for key in straight_weights:
         torch.testing.assert_close(resumed_weights[key], straight_weights[key], atol=0, rtol=0)
 
