@@ -1,0 +1,141 @@
+"""Loading LoRA files as named adapters, with errors that name the LoRA, the path and the fix.
+
+Formats: diffusers (``unet.<module>.lora_A.weight``), kohya / Civitai (``lora_unet_<module>.lora_down.weight``
++ ``alpha``) - both read by diffusers' own ``load_lora_weights`` - and PEFT ``save_pretrained`` files
+(``base_model.model.<module>.lora_A.weight``), which diffusers silently ignores, so they are converted here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.models import cached_sha256
+
+PEFT_PREFIX = "base_model.model."
+UNET_MODULE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out",
+                        "time_embedding.", "add_embedding.", "class_embedding.")
+
+
+class LoraError(RuntimeError):
+    """A LoRA could not be used; the message is one paragraph naming the LoRA id, the path and the fix."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a testbed: what it is called, where its file is, what activates it."""
+
+    id: str
+    name: str
+    category: str
+    trigger: tuple[str, ...]
+    path: Path
+    references: Path | None = None
+
+    def describe(self, scale: float, sha256: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "category": self.category, "trigger": list(self.trigger),
+                "path": str(self.path), "sha256": sha256, "scale": scale,
+                "references": str(self.references) if self.references else None}
+
+
+def read_lora_state_dict(spec: LoraSpec) -> dict[str, torch.Tensor]:
+    """The file's tensors, in a format diffusers reads (PEFT keys converted)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not spec.path.exists():
+        raise LoraError(
+            f"LoRA {spec.id!r} ({spec.name}): file not found at {spec.path}. Fix: put the LoRA file there "
+            f"(ComposLoRA's files come as one archive from the benchmark authors), or point the testbed's "
+            f"`lora_dir` at the folder that holds `{spec.path.name}`."
+        )
+    try:
+        if spec.path.suffix == ".safetensors":
+            state = load_file(str(spec.path))
+        else:
+            state = torch.load(spec.path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:
+        raise LoraError(
+            f"LoRA {spec.id!r} ({spec.name}): cannot read {spec.path} ({type(error).__name__}: {error}). "
+            "The file is corrupt or not a LoRA checkpoint. Fix: download it again and check its sha256."
+        ) from error
+    if any(key.startswith(PEFT_PREFIX) for key in state):
+        state = convert_peft_state_dict(state, spec.path)
+    return state
+
+
+def convert_peft_state_dict(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """PEFT ``save_pretrained`` keys -> diffusers keys; lora_alpha/r from adapter_config.json folded into B."""
+    config_file = path.with_name("adapter_config.json")
+    scaling = 1.0
+    if config_file.exists():
+        config = json.loads(config_file.read_text())
+        scaling = float(config.get("lora_alpha", config.get("r", 1))) / float(config.get("r", 1))
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module_key = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        part = "unet" if module_key.startswith(UNET_MODULE_PREFIXES) else "text_encoder"
+        if ".lora_B." in module_key:
+            tensor = tensor * scaling
+        converted[f"{part}.{module_key}"] = tensor
+    return converted
+
+
+def adapters_loaded(pipe: Any) -> set[str]:
+    return {name for names in pipe.get_list_adapters().values() for name in names}
+
+
+def load_adapter(pipe: Any, spec: LoraSpec) -> str:
+    """Load ``spec`` as adapter ``spec.id`` into the pipeline's UNet (and text encoder); returns its sha256."""
+    state = read_lora_state_dict(spec)
+    try:
+        pipe.load_lora_weights(state, adapter_name=spec.id)
+    except Exception as error:
+        if spec.id in adapters_loaded(pipe):
+            pipe.delete_adapters(spec.id)
+        text = str(error)
+        if "size mismatch" in text or "shape" in text.lower():
+            raise LoraError(
+                f"LoRA {spec.id!r} ({spec.name}) at {spec.path} does not fit the base model: its layer shapes "
+                f"differ ({text.splitlines()[0][:200]}). It was made for another base model (e.g. SDXL or SD2 "
+                "instead of SD1.5). Fix: use a LoRA trained for this base model, or change `model.base`."
+            ) from error
+        raise LoraError(
+            f"LoRA {spec.id!r} ({spec.name}) at {spec.path} could not be loaded: {type(error).__name__}: "
+            f"{text.splitlines()[0][:300] if text else ''}. Fix: check that it is an SD1.5 LoRA in diffusers, "
+            "kohya or PEFT format."
+        ) from error
+    if spec.id not in adapters_loaded(pipe):
+        raise LoraError(
+            f"LoRA {spec.id!r} ({spec.name}) at {spec.path}: none of its {len(state)} tensors matched a layer of "
+            "the base model, so it would do nothing. Fix: check that it is an SD1.5 LoRA (keys such as "
+            "'unet.<module>.lora_A.weight' or 'lora_unet_<module>.lora_down.weight')."
+        )
+    return cached_sha256(spec.path)
+
+
+class AdapterCache:
+    """Keeps up to ``capacity`` adapters loaded across sets, so a sweep does not reload files per set."""
+
+    def __init__(self, pipe: Any, capacity: int = 32) -> None:
+        self.pipe = pipe
+        self.capacity = capacity
+        self.hashes: dict[str, str] = {}  # adapter id -> sha256, in load order (oldest first)
+
+    def ensure(self, specs: list[LoraSpec]) -> dict[str, str]:
+        """Make sure every spec is loaded; returns id -> sha256 for them. Raises LoraError on bad input."""
+        wanted = {spec.id for spec in specs}
+        for spec in specs:
+            if spec.id in self.hashes:
+                self.hashes[spec.id] = self.hashes.pop(spec.id)  # mark as recently used
+                continue
+            while len(self.hashes) >= self.capacity:
+                oldest = next(adapter for adapter in self.hashes if adapter not in wanted)
+                self.pipe.delete_adapters(oldest)
+                del self.hashes[oldest]
+            self.hashes[spec.id] = load_adapter(self.pipe, spec)
+        return {spec.id: self.hashes[spec.id] for spec in specs}

@@ -1,0 +1,121 @@
+"""The method contract: per image, a method decides which adapters run at each step and how to combine.
+
+The denoising loop (``harness.sampler``) reads ``ImagePlan.steps[i]``: a list of UNet passes (each pass runs
+the [uncond, cond] batch with the given adapters active at the given scales) and the weights with which the
+passes' predictions are averaged before classifier-free guidance is applied once::
+
+    u = sum_p w_p * eps_p(x, negative)      c = sum_p w_p * eps_p(x, prompt)      eps = u + s * (c - u)
+
+That one rule covers every built-in method: Merge and Switch are one pass per step, Composite is K passes
+with w_p = 1/K, W-Composite K passes with prompt-aware w_p (linearity makes it equal to weighting each
+pass's guided prediction). A method with another rule overrides ``combine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from harness.lora import LoraSpec
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One UNet pass over the [uncond, cond] batch with these adapters active (id -> LoRA scale)."""
+
+    adapters: tuple[tuple[str, float], ...] = ()
+
+    @staticmethod
+    def of(adapters: dict[str, float]) -> "Pass":
+        return Pass(tuple(adapters.items()))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.adapters)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    passes: tuple[Pass, ...]
+    weights: tuple[float, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"passes": [p.as_dict() for p in self.passes], "weights": [round(w, 6) for w in self.weights]}
+
+
+@dataclass
+class ImagePlan:
+    """Everything a method decided for one image, recorded in its metadata."""
+
+    text_encoder_adapters: dict[str, float]
+    steps: list[StepPlan]
+    importance: dict[str, float] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "text_encoder_adapters": self.text_encoder_adapters,
+            "importance": self.importance,
+            "schedule": [step.describe() for step in self.steps],
+            **self.notes,
+        }
+
+
+@dataclass
+class ImageContext:
+    """What a method may look at when it prepares an image."""
+
+    loras: list[LoraSpec]  # in set order: character first, then clothing, style, background, object
+    lora_scale: float
+    prompt: str
+    steps: int
+    # pooled text embedding v(p) used by the prompt-aware weights: text encoder with every LoRA disabled
+    embed_text: Callable[[str], torch.Tensor]
+
+    @property
+    def adapter_ids(self) -> list[str]:
+        return [lora.id for lora in self.loras]
+
+
+class CompositionMethod:
+    """Base class. Subclasses implement ``prepare``; settings arrive as keyword arguments from the config."""
+
+    registered_name = "method"
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    @property
+    def name(self) -> str:
+        return self.registered_name
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        raise NotImplementedError
+
+    def combine(
+        self, step: StepPlan, predictions: list[tuple[torch.Tensor, torch.Tensor]], guidance_scale: float
+    ) -> torch.Tensor:
+        """Weighted mean of the passes' (uncond, cond) predictions, then guidance once."""
+        uncond = sum(w * u for w, (u, _) in zip(step.weights, predictions))
+        cond = sum(w * c for w, (_, c) in zip(step.weights, predictions))
+        return uncond + guidance_scale * (cond - uncond)
+
+
+METHODS: Registry[CompositionMethod] = Registry("method", "harness.methods")
+
+
+def same_step(plan: StepPlan, steps: int) -> list[StepPlan]:
+    return [plan] * steps
+
+
+def one_adapter_steps(adapter_per_step: list[str], scale: float) -> list[StepPlan]:
+    """One pass per step with exactly one adapter active (Switch-style schedules)."""
+    return [StepPlan((Pass.of({adapter: scale}),), (1.0,)) for adapter in adapter_per_step]
+
+
+def per_adapter_steps(adapter_ids: list[str], weights: list[float], scale: float, steps: int) -> list[StepPlan]:
+    """K passes per step, one adapter each, combined with fixed weights (Composite-style)."""
+    plan = StepPlan(tuple(Pass.of({adapter: scale}) for adapter in adapter_ids), tuple(weights))
+    return same_step(plan, steps)

@@ -1,0 +1,95 @@
+"""The built-in composition methods (see shared reference ``methods.md`` for what each computes)."""
+
+from __future__ import annotations
+
+from harness.methods.base import (METHODS, CompositionMethod, ImageContext, ImagePlan, Pass, StepPlan,
+                                  one_adapter_steps, per_adapter_steps, same_step)
+from harness.methods.importance import paw_weights, ptw_weights
+from harness.methods.schedules import switch_schedule, w_switch_schedule
+
+
+@METHODS.register("base")
+class Base(CompositionMethod):
+    """No LoRA: the floor every method should beat."""
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        return ImagePlan({}, same_step(StepPlan((Pass(),), (1.0,)), context.steps))
+
+
+@METHODS.register("single")
+class Single(CompositionMethod):
+    """One LoRA of the set alone (``lora`` = its index in the set), UNet and text encoder."""
+
+    def __init__(self, lora: int = 0, **settings) -> None:
+        super().__init__(lora=lora, **settings)
+        self.index = lora
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        adapter = {context.adapter_ids[self.index]: context.lora_scale}
+        return ImagePlan(adapter, same_step(StepPlan((Pass.of(adapter),), (1.0,)), context.steps))
+
+
+@METHODS.register("merge")
+class Merge(CompositionMethod):
+    """All K adapters active at once: W = W0 + scale * sum_k dW_k (a sum, not an average)."""
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        adapters = {adapter: context.lora_scale for adapter in context.adapter_ids}
+        return ImagePlan(adapters, same_step(StepPlan((Pass.of(adapters),), (1.0,)), context.steps))
+
+
+@METHODS.register("switch")
+class Switch(CompositionMethod):
+    """One adapter per step, rotating in set order every ``interval`` steps, starting with the character.
+    The prompt is encoded once with only the first LoRA's text-encoder part active."""
+
+    def __init__(self, interval: int = 5, timing: str = "reference", **settings) -> None:
+        super().__init__(interval=interval, timing=timing, **settings)
+        self.interval, self.timing = interval, timing
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        ids = context.adapter_ids
+        order = switch_schedule(len(ids), context.steps, self.interval, self.timing)
+        return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
+                         notes={"timing": self.timing})
+
+
+@METHODS.register("composite")
+class Composite(CompositionMethod):
+    """K passes per step, one adapter each; uncond and cond halves averaged over k, guidance applied once.
+    The prompt is encoded with every LoRA's text-encoder part merged at the LoRA scale."""
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        ids = context.adapter_ids
+        weights = [1.0 / len(ids)] * len(ids)
+        return ImagePlan({adapter: context.lora_scale for adapter in ids},
+                         per_adapter_steps(ids, weights, context.lora_scale, context.steps))
+
+
+@METHODS.register("w_switch")
+class WSwitch(CompositionMethod):
+    """Switch with block lengths from prompt-ablation weights (PAW) and a reserved character tail."""
+
+    def __init__(self, interval: int = 5, timing: str = "reference", reserved_steps: int = 5, **settings) -> None:
+        super().__init__(interval=interval, timing=timing, reserved_steps=reserved_steps, **settings)
+        self.interval, self.timing, self.reserved_steps = interval, timing, reserved_steps
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        ids = context.adapter_ids
+        weights = paw_weights(context.prompt, context.loras, context.embed_text)
+        character = next((k for k, lora in enumerate(context.loras) if lora.category == "character"), 0)
+        order = w_switch_schedule(weights, context.steps, self.interval, self.reserved_steps, character, self.timing)
+        return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
+                         importance=dict(zip(ids, weights)), notes={"timing": self.timing})
+
+
+@METHODS.register("w_composite")
+class WComposite(CompositionMethod):
+    """Composite with prompt-trigger similarity weights (PTW): eps = sum_k w_k [u_k + s (c_k - u_k)]."""
+
+    def prepare(self, context: ImageContext) -> ImagePlan:
+        ids = context.adapter_ids
+        weights = ptw_weights(context.prompt, context.loras, context.embed_text)
+        return ImagePlan({adapter: context.lora_scale for adapter in ids},
+                         per_adapter_steps(ids, weights, context.lora_scale, context.steps),
+                         importance=dict(zip(ids, weights)))

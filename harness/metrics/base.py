@@ -1,0 +1,122 @@
+"""The metric plugin contract: a metric turns image records into tidy score rows.
+
+A metric is one class registered by name plus ``conf/metric/<name>.yaml``::
+
+    @METRICS.register("my_metric")
+    class MyMetric(Metric):
+        version = "1"
+        def score(self, images):
+            for image in images:
+                yield self.row(image, value=..., sub_metric="all")
+
+A value that could not be computed is ``None`` with a ``status`` other than ``ok`` and a ``reason``;
+never 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Iterator
+
+from harness.io import stable_hash
+from harness.records import ImageRecord
+from harness.registry import Registry
+
+# Why a value is missing or special. ``ok`` and ``fallback_full_image`` carry a value; the rest do not.
+STATUSES = (
+    "ok",
+    "fallback_full_image",
+    "no_face",
+    "unavailable",
+    "refused",
+    "parse_error",
+    "error",
+)
+
+
+@dataclass
+class ScoreRow:
+    """One tidy row: one image x metric x sub-metric."""
+
+    image_id: str
+    image_key: str
+    testbed: str
+    method: str
+    method_label: str
+    method_key: str
+    set_id: str
+    n: int
+    seed: int
+    metric: str
+    sub_metric: str
+    value: float | None
+    status: str
+    reason: str
+    metric_key: str
+    metric_version: str
+    metric_settings: str  # JSON of the settings that define the number
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SCORE_COLUMNS = list(ScoreRow.__dataclass_fields__)
+
+
+class Metric:
+    """Base class: holds settings, computes the settings key, builds rows."""
+
+    registered_name: str = "metric"
+    version: str = "1"
+    batch_size: int = 16
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = dict(settings)
+
+    @property
+    def name(self) -> str:
+        return self.registered_name
+
+    @property
+    def key(self) -> str:
+        """Hash of name, version and settings: rows with another key were made another way."""
+        return stable_hash({"metric": self.name, "version": self.version, "settings": self.settings}, 12)
+
+    def score(self, images: Iterable[ImageRecord]) -> Iterator[ScoreRow]:
+        raise NotImplementedError
+
+    def row(
+        self,
+        image: ImageRecord,
+        value: float | None,
+        sub_metric: str = "all",
+        status: str = "ok",
+        reason: str = "",
+    ) -> ScoreRow:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; use one of {STATUSES}")
+        if value is None and status in ("ok", "fallback_full_image"):
+            raise ValueError(f"{self.name}: a missing value needs a status other than {status!r} and a reason")
+        return ScoreRow(
+            image_id=image.image_id,
+            image_key=image.key,
+            testbed=image.testbed,
+            method=image.method,
+            method_label=image.method_label,
+            method_key=image.method_key,
+            set_id=image.set_id,
+            n=image.n,
+            seed=image.seed,
+            metric=self.name,
+            sub_metric=sub_metric,
+            value=None if value is None else float(value),
+            status=status,
+            reason=reason,
+            metric_key=self.key,
+            metric_version=self.version,
+            metric_settings=json.dumps(self.settings, sort_keys=True, default=str),
+        )
+
+
+METRICS: Registry[Metric] = Registry("metric", "harness.metrics")

@@ -1,0 +1,178 @@
+"""Loading a base model: a local diffusers folder, a single-file checkpoint, or a hub id.
+
+Every loader takes a local path first; hub ids are passed to diffusers unchanged (they work where a hub is
+reachable). The same code loads SD1.5 and the toy testbed's tiny pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.io import atomic_write_json, sha256_file, stable_hash
+
+SCHEDULERS = {
+    # name -> (diffusers class name, extra config); built from the model's own scheduler config
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "default": (None, {}),
+}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class ModelLoadError(RuntimeError):
+    """A base model or VAE could not be loaded; the message names the path and the fix."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+def quiet_libraries() -> None:
+    """diffusers/transformers print load reports and hub hints for every adapter; keep errors only."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def load_pipeline(
+    base: str | Path,
+    vae: str | Path | None = None,
+    scheduler: str = "dpmsolver++",
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    single_file_config: str | Path | None = None,
+) -> Any:
+    """Load a Stable Diffusion pipeline (no safety checker) with the chosen scheduler, on ``device``."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    quiet_libraries()
+    torch_dtype = resolve_dtype(dtype)
+    base_text = str(base)
+    path = Path(base_text).expanduser()
+    try:
+        if path.is_dir():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+            )
+        elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+            kwargs = {"config": str(single_file_config)} if single_file_config else {}
+            pipe = StableDiffusionPipeline.from_single_file(
+                path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False, **kwargs
+            )
+        elif _looks_like_hub_id(base_text):
+            pipe = StableDiffusionPipeline.from_pretrained(
+                base_text, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+            )
+        else:
+            raise FileNotFoundError(f"no such folder or file: {path}")
+    except Exception as error:  # one paragraph naming the thing and the fix, the cause chained below
+        raise ModelLoadError(
+            f"Could not load the base model {base_text!r}: {type(error).__name__}: {error}. "
+            "Fix: point `model.base` at a local diffusers folder (with model_index.json), a single-file "
+            "SD1.5 checkpoint (.safetensors/.ckpt; offline, also set `model.single_file_config` to a local "
+            "diffusers config folder), or a hub id on a machine that can reach the hub."
+        ) from error
+    if vae:
+        pipe.vae = load_vae(vae, torch_dtype)
+    pipe.scheduler = build_scheduler(pipe.scheduler, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device))
+
+
+def load_vae(vae: str | Path, torch_dtype: torch.dtype) -> Any:
+    from diffusers import AutoencoderKL
+
+    path = Path(str(vae)).expanduser()
+    try:
+        if path.is_dir():
+            return AutoencoderKL.from_pretrained(path, torch_dtype=torch_dtype)
+        if path.is_file():
+            return AutoencoderKL.from_single_file(path, torch_dtype=torch_dtype)
+        if _looks_like_hub_id(str(vae)):
+            return AutoencoderKL.from_pretrained(str(vae), torch_dtype=torch_dtype)
+        raise FileNotFoundError(f"no such folder or file: {path}")
+    except Exception as error:
+        raise ModelLoadError(
+            f"Could not load the VAE {str(vae)!r}: {type(error).__name__}: {error}. Fix: point `model.vae` "
+            "at a local AutoencoderKL folder or file, or set it to null to keep the base model's VAE."
+        ) from error
+
+
+def build_scheduler(current: Any, name: str) -> Any:
+    """A scheduler of the named kind built from the model's own scheduler config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)}")
+    class_name, extra = SCHEDULERS[name]
+    if class_name is None:
+        return current
+    return getattr(diffusers, class_name).from_config(current.config, **extra)
+
+
+# ---- identities for content-addressed keys -------------------------------------------------------------
+
+_HASH_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "file_hashes.json"
+
+
+def cached_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised on (path, size, mtime) so multi-GB checkpoints are hashed once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo_key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(_HASH_CACHE.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key not in memo:
+        memo[memo_key] = sha256_file(path)
+        try:
+            atomic_write_json(_HASH_CACHE, memo)
+        except OSError:
+            pass  # a read-only home only costs re-hashing next time
+    return memo[memo_key]
+
+
+def model_identity(base: str | Path, vae: str | Path | None = None) -> dict[str, str]:
+    """What identifies the weights: file hashes for local models, the id for hub models."""
+
+    def identify(source: str | Path) -> str:
+        path = Path(str(source)).expanduser()
+        if path.is_file():
+            return cached_sha256(path)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            return stable_hash([(str(p.relative_to(path)), cached_sha256(p)) for p in files], 64)
+        return f"hub:{source}"
+
+    identity = {"base": str(base), "base_hash": identify(base)}
+    if vae:
+        identity.update(vae=str(vae), vae_hash=identify(vae))
+    return identity

@@ -1,0 +1,329 @@
+"""``python -m harness run``: generate every set x seed of a testbed with one method, resumably.
+
+Idempotency lives here, not in the launcher (Hydra has no sweep resume): each image has a content-addressed
+key, and an image whose key is already recorded next to an existing file is skipped. ``metadata.json`` is
+rewritten atomically after every image, so a killed run loses at most the image in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.io import atomic_write, atomic_write_json, read_json, stable_hash
+from harness.lora import AdapterCache, LoraError, LoraSpec
+from harness.methods import METHODS, CompositionMethod, ImageContext
+from harness.models import cached_sha256, model_identity, resolve_device
+from harness.prompts import truncation_report
+from harness.records import METADATA_FILE, image_filename
+from harness.sampler import Sampler, SamplingSettings
+from harness.testbeds import CompositionSet, Testbed, load_testbed
+
+log = logging.getLogger("harness.run")
+
+
+class RunFailed(RuntimeError):
+    """Some images failed; the others were kept. Raised at the end so a sweep still runs every job."""
+
+
+@dataclass
+class RunSummary:
+    generated: int = 0
+    skipped: int = 0
+    failed: Counter = field(default_factory=Counter)  # reason -> count
+
+    def line(self, seconds: float, output_dir: Path) -> str:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in self.failed.most_common())
+        failed = sum(self.failed.values())
+        return (f"generated {self.generated}, skipped {self.skipped} (already done), failed {failed}"
+                + (f" ({reasons})" if reasons else "") + f" in {seconds:.1f} s -> {output_dir}")
+
+
+def image_seed(seed: int, set_id: str, mode: str = "per_set") -> int:
+    """The seed of one image's generator: any subset, order or shard reproduces the same image."""
+    if mode == "direct":
+        return seed
+    if mode != "per_set":
+        raise ValueError(f"seed_mode must be per_set or direct, got {mode!r}")
+    return int(hashlib.sha256(f"{seed}/{set_id}".encode()).hexdigest()[:15], 16)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return index, count
+
+
+def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: list[str] | None = None,
+                limit: int | None = None, shard: str = "0/1") -> list[CompositionSet]:
+    """Filters, then the limit, then this shard's share (every n-th set, so shards stay balanced by N)."""
+    if n:
+        sets = [s for s in sets if s.n in set(n)]
+    if ids:
+        unknown = set(ids) - {s.id for s in sets}
+        if unknown:
+            raise ValueError(f"unknown set ids {sorted(unknown)}; list them with `python -m harness sets`")
+        sets = [s for s in sets if s.id in set(ids)]
+    if limit is not None:
+        sets = sets[: int(limit)]
+    index, count = parse_shard(shard)
+    return sets[index::count]
+
+
+def library_versions() -> dict[str, str]:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    import harness
+
+    return {"harness": harness.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def lora_hashes(composition: CompositionSet) -> dict[str, str]:
+    """sha256 of every LoRA file of the set; a missing file is a LoraError naming it."""
+    hashes = {}
+    for lora in composition.loras:
+        if not lora.path.exists():
+            from harness.lora import read_lora_state_dict
+
+            read_lora_state_dict(lora)  # raises the one-paragraph "file not found" error
+        hashes[lora.id] = cached_sha256(lora.path)
+    return hashes
+
+
+class Runner:
+    """Generates one method's images for a testbed. The pipeline is loaded only when there is work."""
+
+    def __init__(self, testbed: Testbed, method: CompositionMethod, method_label: str, output_dir: Path,
+                 device: str = "auto", dtype: str | None = None, batching: str = "auto", seed_mode: str = "per_set",
+                 adapter_cache: int = 32) -> None:
+        self.testbed, self.method, self.method_label = testbed, method, method_label
+        self.output_dir = Path(output_dir)
+        self.device = str(resolve_device(device))
+        self.dtype = dtype or testbed.model.get("dtype", "float32")
+        self.batching, self.seed_mode, self.adapter_cache_size = batching, seed_mode, adapter_cache
+        sampling = testbed.sampling
+        self.settings = SamplingSettings(int(sampling["steps"]), float(sampling["guidance_scale"]),
+                                         int(sampling["height"]), int(sampling["width"]))
+        self.lora_scale = float(sampling.get("lora_scale", 0.8))
+        self.method_key = stable_hash({"name": method.name, "settings": method.settings}, 12)
+        self._model_identity: dict[str, str] | None = None
+        self._sampler: Sampler | None = None
+        self._adapters: AdapterCache | None = None
+        self._warned_truncation = False
+
+    # -- lazily loaded state ---------------------------------------------------------------------------
+
+    @property
+    def model_identity(self) -> dict[str, str]:
+        if self._model_identity is None:
+            model = self.testbed.model
+            from harness.testbeds import resolve_path
+
+            base = resolve_path(model["base"]) if Path(str(resolve_path(model["base"]))).exists() else model["base"]
+            vae = model.get("vae")
+            vae = (resolve_path(vae) if vae and resolve_path(vae).exists() else vae)
+            self._model_identity = model_identity(base, vae)
+        return self._model_identity
+
+    def sampler(self) -> Sampler:
+        if self._sampler is None:
+            from harness.models import load_pipeline
+
+            model = self.testbed.model
+            pipe = load_pipeline(self.model_identity["base"], vae=self.model_identity.get("vae"),
+                                 scheduler=model.get("scheduler", "dpmsolver++"), dtype=self.dtype, device=self.device,
+                                 single_file_config=model.get("single_file_config"))
+            self._sampler = Sampler(pipe, batching=self.batching)
+            self._adapters = AdapterCache(pipe, capacity=self.adapter_cache_size)
+        return self._sampler
+
+    # -- keys and records ------------------------------------------------------------------------------
+
+    def image_key(self, composition: CompositionSet, hashes: dict[str, str], prompt: str, seed: int) -> str:
+        return stable_hash({
+            "model": self.model_identity, "loras": [(lora.id, hashes[lora.id]) for lora in composition.loras],
+            "lora_scale": self.lora_scale, "method": self.method.name, "method_settings": self.method.settings,
+            "prompt": prompt, "negative_prompt": self.testbed.negative_prompt,
+            "image_seed": image_seed(seed, composition.id, self.seed_mode), "sampling": vars(self.settings),
+            "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"), "dtype": self.dtype,
+            "device": self.device.split(":")[0], "batching": self.batching, "versions": library_versions(),
+        }, 32)
+
+    def folder(self, composition: CompositionSet) -> Path:
+        return self.output_dir / "images" / self.method_label / composition.id
+
+    def _new_metadata(self, composition: CompositionSet, hashes: dict[str, str]) -> dict[str, Any]:
+        return {
+            "testbed": self.testbed.name,
+            "method": {"name": self.method.name, "label": self.method_label, "key": self.method_key,
+                       "settings": self.method.settings},
+            "set": {"id": composition.id, "n": composition.n,
+                    "loras": [lora.describe(self.lora_scale, hashes.get(lora.id)) for lora in composition.loras]},
+            "images": {}, "failed": {},
+        }
+
+    # -- generation ------------------------------------------------------------------------------------
+
+    def run_set(self, composition: CompositionSet, seeds: list[int], summary: RunSummary, progress: Any) -> None:
+        folder = self.folder(composition)
+        metadata_path = folder / METADATA_FILE
+        prompt = self.testbed.prompt_for(composition)
+        try:
+            missing = self.testbed.missing_triggers(composition, prompt)
+            if missing:
+                raise LoraError(f"set {composition.id}: no trigger phrase of {missing} appears in the prompt "
+                                f"{prompt!r}, so those LoRAs would never be activated. Fix: include the trigger "
+                                "phrases in the testbed's prompt_template ({triggers}).")
+            hashes = lora_hashes(composition)
+        except LoraError as error:
+            self._fail_all(composition, seeds, str(error), summary, progress)
+            return
+        metadata = read_json(metadata_path) or self._new_metadata(composition, hashes)
+        metadata["set"] = self._new_metadata(composition, hashes)["set"]
+        metadata["method"] = self._new_metadata(composition, hashes)["method"]
+        for seed in seeds:
+            key = self.image_key(composition, hashes, prompt, seed)
+            record = metadata["images"].get(str(seed))
+            if record and record.get("key") == key and (folder / record["file"]).exists():
+                summary.skipped += 1
+                progress.update(1)
+                continue
+            try:
+                record = self.generate(composition, prompt, seed, key, folder)
+                metadata["images"][str(seed)] = record
+                metadata["failed"].pop(str(seed), None)
+                summary.generated += 1
+            except LoraError as error:  # the whole set is unusable: record it for every remaining seed
+                remaining = seeds[seeds.index(seed):]
+                self._record_failures(metadata, remaining, str(error))
+                atomic_write_json(metadata_path, metadata)
+                summary.failed[_short_reason(str(error))] += len(remaining)
+                progress.update(len(remaining))
+                log.error(str(error))
+                return
+            except Exception as error:  # one image failed; keep going with the others
+                log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
+                self._record_failures(metadata, [seed], f"{type(error).__name__}: {error}")
+                summary.failed[type(error).__name__] += 1
+            atomic_write_json(metadata_path, metadata)
+            progress.update(1)
+
+    def generate(self, composition: CompositionSet, prompt: str, seed: int, key: str, folder: Path) -> dict[str, Any]:
+        sampler = self.sampler()
+        self._adapters.ensure(list(composition.loras))
+        sampler.adapters.forget()
+        context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
+                               sampler.embed_without_loras)
+        started = time.perf_counter()
+        the_seed = image_seed(seed, composition.id, self.seed_mode)
+        image, plan = sampler.generate(self.method, context, self.testbed.negative_prompt, self.settings, the_seed)
+        seconds = time.perf_counter() - started
+        filename = image_filename(seed)
+        atomic_write(folder / filename, lambda tmp: image.save(tmp, format="PNG"))
+        return {
+            "file": filename, "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
+            "prompt": prompt, "negative_prompt": self.testbed.negative_prompt,
+            "truncation": self._truncation(sampler, prompt), "sampling": vars(self.settings),
+            "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
+            "dtype": self.dtype, "device": self.device, "batching": self.batching, "model": self.model_identity,
+            "plan": plan.describe(), "seconds": round(seconds, 4), "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def _truncation(self, sampler: Sampler, prompt: str) -> dict[str, Any]:
+        """Prompts over the encoder's length are cut silently by diffusers: record it, warn once."""
+        report = {"prompt": truncation_report(sampler.pipe.tokenizer, prompt),
+                  "negative_prompt": truncation_report(sampler.pipe.tokenizer, self.testbed.negative_prompt)}
+        if any(report.values()) and not self._warned_truncation:
+            self._warned_truncation = True
+            cut = [f"{part} has {value['tokens']} tokens (limit {value['limit']})" for part, value in report.items() if value]
+            log.warning("testbed %s: %s; the rest is dropped by the text encoder. Recorded in each image's "
+                        "metadata under 'truncation'.", self.testbed.name, "; ".join(cut))
+        return report
+
+    def _record_failures(self, metadata: dict[str, Any], seeds: list[int], reason: str) -> None:
+        for seed in seeds:
+            metadata["failed"][str(seed)] = {"reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def _fail_all(self, composition: CompositionSet, seeds: list[int], reason: str, summary: RunSummary,
+                  progress: Any) -> None:
+        metadata_path = self.folder(composition) / METADATA_FILE
+        metadata = read_json(metadata_path) or self._new_metadata(composition, {})
+        pending = [seed for seed in seeds if str(seed) not in metadata["images"]
+                   or not (self.folder(composition) / metadata["images"][str(seed)]["file"]).exists()]
+        self._record_failures(metadata, pending, reason)
+        atomic_write_json(metadata_path, metadata)
+        summary.failed[_short_reason(reason)] += len(pending)
+        summary.skipped += len(seeds) - len(pending)
+        progress.update(len(seeds))
+        log.error(reason)
+
+
+def _short_reason(reason: str) -> str:
+    """A summary label: the error's first clause, without paths."""
+    text = reason.split(". ")[0]
+    for marker in ("file not found", "cannot read", "does not fit", "none of its", "no trigger phrase"):
+        if marker in text:
+            return marker
+    return text[:60]
+
+
+def selected_metrics(cfg: Any) -> dict[str, dict[str, Any]]:
+    """The metrics chosen with ``metric=[...]``, else the testbed's default ``metrics`` list."""
+    from omegaconf import OmegaConf
+
+    from harness.scoring import metric_config
+
+    chosen = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else {}
+    return chosen or {name: metric_config(name) for name in cfg.testbed.get("metrics") or []}
+
+
+def run(cfg: Any) -> RunSummary:
+    """Generate (and by default score) everything the config selects. Raises RunFailed if images failed."""
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    testbed = load_testbed(OmegaConf.to_container(cfg.testbed, resolve=True))
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    name, label = method_cfg.pop("name"), method_cfg.pop("label", None)
+    method = METHODS.get(name)(**method_cfg)
+    sets = select_sets(testbed.sets(), cfg.n, cfg.sets, cfg.limit, cfg.shard)
+    seeds = list(cfg.seeds) if cfg.seeds is not None else testbed.seeds
+    output_dir = Path(cfg.output_dir)
+    runner = Runner(testbed, method, label or name, output_dir, cfg.device, cfg.dtype, cfg.batching, cfg.seed_mode,
+                    cfg.adapter_cache)
+    summary = RunSummary()
+    started = time.perf_counter()
+    with tqdm(total=len(sets) * len(seeds), desc=f"{label or name} on {testbed.name}", unit="img",
+              disable=not cfg.progress) as progress:
+        for composition in sets:
+            runner.run_set(composition, seeds, summary, progress)
+    print(f"run {label or name}: " + summary.line(time.perf_counter() - started, output_dir), flush=True)
+    if cfg.get("score", True):
+        from harness.scoring import score_results
+
+        metrics = selected_metrics(cfg)
+        if metrics:
+            score_results(output_dir, metrics, methods=[label or name], progress=cfg.progress)
+    if cfg.get("tables", True) and any(output_dir.glob("scores/*")):
+        from harness.tables import refresh_tables
+
+        refresh_tables(output_dir)
+    if summary.failed:
+        raise RunFailed(f"{sum(summary.failed.values())} image(s) failed: " + summary.line(0, output_dir)
+                        + ". Reasons are in each set's metadata.json under 'failed'; rerun to retry them.")
+    return summary

@@ -1,0 +1,213 @@
+"""The one denoising loop every composition method runs through, read top to bottom.
+
+    encode prompts (text-encoder LoRAs as the method says) -> initial noise from the image's own generator
+    -> for each step: the method's passes through the UNet, combined by the method, one scheduler step
+    -> VAE decode
+
+Adapter switching is explicit: each pass sets exactly the UNet adapters it names. Passes that each use one
+adapter (Composite family) run as one batched UNet forward in which every batch element uses its own
+adapter (PEFT's per-sample ``adapter_names``), unless ``batching="sequential"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+from harness.methods.base import CompositionMethod, ImageContext, ImagePlan, Pass, StepPlan
+
+BATCHING = ("auto", "batched", "sequential")
+
+
+@dataclass
+class SamplingSettings:
+    steps: int
+    guidance_scale: float
+    height: int
+    width: int
+
+
+class AdapterSwitch:
+    """Applies adapter states to the UNet and text encoder, skipping calls that would change nothing."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self._unet_state: tuple | None = None
+
+    def set_unet(self, adapters: dict[str, float]) -> None:
+        state = tuple(adapters.items())
+        if state == self._unet_state:
+            return
+        unet = self.pipe.unet
+        if not getattr(unet, "peft_config", None):
+            if adapters:
+                raise RuntimeError(f"adapters {list(adapters)} requested but none is loaded in the UNet")
+        elif adapters:
+            unet.set_adapters(list(adapters), list(adapters.values()))
+            unet.enable_lora()
+        else:
+            unet.disable_lora()
+        self._unet_state = state
+
+    def set_text_encoder(self, adapters: dict[str, float]) -> None:
+        """Only adapters that have text-encoder weights apply; a LoRA without them leaves the encoder alone."""
+        from diffusers.loaders.lora_base import (disable_lora_for_text_encoder, enable_lora_for_text_encoder,
+                                                 set_adapters_for_text_encoder)
+
+        encoder = self.pipe.text_encoder
+        loaded = set(self.pipe.get_list_adapters().get("text_encoder", []))
+        present = {name: weight for name, weight in adapters.items() if name in loaded}
+        if not loaded:
+            return
+        if present:
+            set_adapters_for_text_encoder(list(present), encoder, list(present.values()))
+            enable_lora_for_text_encoder(encoder)
+        else:
+            disable_lora_for_text_encoder(encoder)
+
+    def forget(self) -> None:
+        """Call after loading or deleting adapters: diffusers activates the newest one on load."""
+        self._unet_state = None
+
+
+@contextlib.contextmanager
+def per_sample_adapters(unet: torch.nn.Module, adapter_names: list[str]) -> Iterator[None]:
+    """Pass ``adapter_names`` to every PEFT LoRA layer of the UNet for the duration of one forward."""
+    from peft.tuners.lora import LoraLayer
+
+    def inject(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs["adapter_names"] = adapter_names
+        return args, kwargs
+
+    handles = [module.register_forward_pre_hook(inject, with_kwargs=True)
+               for module in unet.modules() if isinstance(module, LoraLayer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Sampler:
+    """Generates images with a loaded pipeline. One instance per pipeline; not thread-safe."""
+
+    def __init__(self, pipe: Any, batching: str = "auto") -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, got {batching!r}")
+        self.pipe = pipe
+        self.batching = batching
+        self.adapters = AdapterSwitch(pipe)
+        self.batched_failed: str | None = None  # why batched passes were abandoned under "auto"
+
+    # -- text ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, text: str) -> torch.Tensor:
+        """last_hidden_state for ``text`` padded/truncated to the tokenizer's length, shape [1, L, D]."""
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.pipe.text_encoder.device)
+        return self.pipe.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def embed_without_loras(self, text: str) -> torch.Tensor:
+        """v(p) for the prompt-aware weights: mean over all positions, every text-encoder LoRA disabled."""
+        self.adapters.set_text_encoder({})
+        return self.encode(text).mean(dim=1)[0].float()
+
+    # -- UNet ------------------------------------------------------------------------------------------
+
+    def _unet(self, latents: torch.Tensor, timestep: Any, text: torch.Tensor) -> torch.Tensor:
+        return self.pipe.unet(latents, timestep, encoder_hidden_states=text).sample
+
+    def _sequential(self, passes: tuple[Pass, ...], latents: torch.Tensor, timestep: Any,
+                    text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        predictions = []
+        for unet_pass in passes:
+            self.adapters.set_unet(unet_pass.as_dict())
+            noise = self._unet(torch.cat([latents, latents]), timestep, text)
+            predictions.append(tuple(noise.chunk(2)))
+        return predictions
+
+    def _batched(self, passes: tuple[Pass, ...], latents: torch.Tensor, timestep: Any,
+                 text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """All passes in one forward: batch = [uncond_1..uncond_K, cond_1..cond_K], one adapter each."""
+        adapters = {name: weight for unet_pass in passes for name, weight in unet_pass.adapters}
+        names = [unet_pass.adapters[0][0] for unet_pass in passes]
+        count = len(passes)
+        self.adapters.set_unet(adapters)  # sets each adapter's scale; per-sample routing does the rest
+        uncond_text, cond_text = text.chunk(2)
+        batch_text = torch.cat([uncond_text.expand(count, -1, -1), cond_text.expand(count, -1, -1)])
+        batch_latents = latents.expand(2 * count, -1, -1, -1)
+        with per_sample_adapters(self.pipe.unet, names + names):
+            noise = self._unet(batch_latents, timestep, batch_text)
+        uncond, cond = noise.chunk(2)
+        return [(uncond[k : k + 1], cond[k : k + 1]) for k in range(count)]
+
+    def _can_batch(self, step: StepPlan) -> bool:
+        one_adapter_each = all(len(unet_pass.adapters) == 1 for unet_pass in step.passes)
+        return (self.batching != "sequential" and self.batched_failed is None and len(step.passes) > 1
+                and one_adapter_each)
+
+    def predict(self, step: StepPlan, latents: torch.Tensor, timestep: Any,
+                text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._can_batch(step):
+            try:
+                return self._batched(step.passes, latents, timestep, text)
+            except (TypeError, ValueError, RuntimeError) as error:
+                if self.batching == "batched":
+                    raise
+                self.batched_failed = f"{type(error).__name__}: {error}"  # fall back once, and say so
+        return self._sequential(step.passes, latents, timestep, text)
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def denoise(self, method: CompositionMethod, context: ImageContext, negative_prompt: str,
+                settings: SamplingSettings, seed: int) -> tuple[torch.Tensor, ImagePlan]:
+        """The denoising loop; returns the final latents and what the method planned."""
+        pipe = self.pipe
+        device, dtype = pipe.unet.device, pipe.unet.dtype
+        plan = method.prepare(context)
+        if len(plan.steps) != settings.steps:
+            raise ValueError(f"method {method.name} planned {len(plan.steps)} steps, expected {settings.steps}")
+
+        # 1. prompts, with the text-encoder LoRA state the method asked for
+        self.adapters.set_text_encoder(plan.text_encoder_adapters)
+        text = torch.cat([self.encode(negative_prompt), self.encode(context.prompt)]).to(dtype)
+
+        # 2. initial noise from the image's own generator (on CPU: identical across devices and orders)
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(settings.steps, device=device)
+        factor = pipe.vae_scale_factor
+        shape = (1, pipe.unet.config.in_channels, settings.height // factor, settings.width // factor)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+        latents = latents * scheduler.init_noise_sigma
+
+        # 3. denoising: the method's passes, its combination, one scheduler step
+        for index, timestep in enumerate(scheduler.timesteps):
+            step = plan.steps[index]
+            model_input = scheduler.scale_model_input(latents, timestep)
+            predictions = self.predict(step, model_input, timestep, text)
+            noise = method.combine(step, predictions, settings.guidance_scale)
+            latents = scheduler.step(noise, timestep, latents).prev_sample
+        if self.batched_failed:
+            plan.notes["batched_fallback"] = self.batched_failed
+        return latents, plan
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        vae = self.pipe.vae
+        decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+    def generate(self, method: CompositionMethod, context: ImageContext, negative_prompt: str,
+                 settings: SamplingSettings, seed: int) -> tuple[Image.Image, ImagePlan]:
+        latents, plan = self.denoise(method, context, negative_prompt, settings, seed)
+        return self.decode(latents), plan
