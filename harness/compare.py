@@ -26,10 +26,11 @@ import pandas as pd
 
 from harness import stats
 from harness.metrics.base import SCORE_COLUMNS
+from harness.records import iter_images
 from harness.scoring import SCORES_DIR
 from harness.tables import (
-    ALL_N, JUDGE_METRIC, LEADERBOARD_FILE, SCORES_STEM, is_pairwise_judge, n_order, tidy_table, typed_scores,
-    write_csv,
+    ALL_N, JUDGE_METRIC, LEADERBOARD_FILE, SCORES_STEM, is_pairwise_judge, lora_ids, n_order, names_a_lora,
+    tidy_table, typed_scores, write_csv,
 )
 
 DEFAULT_RESULTS = Path("results/toy")
@@ -73,18 +74,27 @@ def _load_source(path: Path) -> pd.DataFrame:
     raise ValueError(f"cannot read {path}: expected a results folder, .parquet, .csv, {LEADERBOARD_FILE} or .jsonl")
 
 
+def _folder_of(path: Path) -> Path:
+    """The results folder a source lives in (a tidy table and leaderboard sit at its top)."""
+    if path.is_dir():
+        return path
+    return path.parents[3] if path.suffix == ".jsonl" else path.parent
+
+
 def resolve_side(spec: str, results_dir: Path | None) -> Side:
     """A method label in ``results_dir``, or ``PATH`` / ``PATH#LABEL`` naming rows from another run."""
     path_text, _, label = spec.partition("#")
     path = Path(path_text)
     if results_dir is not None and not path.exists():
-        rows, label, source = tidy_table(results_dir), spec, str(results_dir)
+        rows, label, source, folder = tidy_table(results_dir), spec, str(results_dir), results_dir
     elif path.exists():
-        rows, source = _load_source(path), path_text
+        rows, source, folder = _load_source(path), path_text, _folder_of(path)
     else:
         raise FileNotFoundError(
             f"{spec!r} is neither a method label in the results folder nor an existing file or folder; "
             f"pass --results DIR with method labels, or paths to results folders / score tables.")
+    # Per-LoRA sub-metrics are left out, as in the leaderboard: they would only widen the Holm family.
+    rows = rows[~names_a_lora(rows, lora_ids(iter_images(folder)))]
     labels = sorted(rows["method_label"].unique())
     if not label:
         if len(labels) != 1:

@@ -28,7 +28,7 @@ from harness.io import atomic_write
 from harness.records import ImageRecord, iter_images
 from harness.tables import (
     ALL_N, JUDGE_FILE, LEADERBOARD_LONG_FILE, ORACLE_METRIC, ORACLE_SUB_METRIC, SCORES_STEM, column_groups,
-    has_value, n_order,
+    has_value, lora_ids, n_order,
 )
 
 PICTURES_DIR = "pictures"
@@ -180,7 +180,7 @@ def plot_judge_win_rates(judge: pd.DataFrame, out_dir: Path) -> Path | None:
     return _save_figure(figure, out_dir / "judge_win_rates.png")
 
 
-def plot_validity(tidy: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plot_validity(tidy: pd.DataFrame, out_dir: Path, lora_ids: frozenset[str] = frozenset()) -> list[Path]:
     """Per image, each metric column against the toy oracle (fraction/indicator of elements present)."""
     oracle = tidy[(tidy["metric"] == ORACLE_METRIC) & (tidy["sub_metric"] == ORACLE_SUB_METRIC) & has_value(tidy)]
     if oracle.empty:
@@ -189,7 +189,7 @@ def plot_validity(tidy: pd.DataFrame, out_dir: Path) -> list[Path]:
     valued = tidy[has_value(tidy)]
     rng = np.random.default_rng(0)  # jitter only spreads overlapping points; fixed so files are stable
     written = []
-    for group in column_groups(valued).itertuples():
+    for group in column_groups(valued, lora_ids).itertuples():
         if group.metric == ORACLE_METRIC:
             continue
         rows = valued[(valued["metric"] == group.metric) & (valued["sub_metric"] == group.sub_metric)
@@ -227,7 +227,8 @@ def write_pictures(results_dir: str | Path) -> dict[str, Path]:
     written += [plot_metric(long, column, out / "plots") for column in dict.fromkeys(long["column"])]
     judge_plot = plot_judge_win_rates(pd.read_csv(judge_path, dtype={"n": str}), out / "plots")
     written += [judge_plot] if judge_plot else []
-    written += plot_validity(pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet"), out / "plots")
+    tidy = pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet")
+    written += plot_validity(tidy, out / "plots", lora_ids(records))
     for stale in old - set(written):  # pictures of sets, metrics or methods no longer in the folder
         stale.unlink()
     return {"pictures": out}

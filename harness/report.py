@@ -18,12 +18,12 @@ from harness.io import atomic_write_text, read_json
 from harness.pictures import PICTURES_DIR, slug
 from harness.tables import (
     ALL_N, COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, SCORES_STEM,
-    n_order, refresh_tables,
+    VALIDITY_FILE, n_order, refresh_tables,
 )
 
 REPORT_FILE = "report.html"
 DOWNLOADS = [LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, f"{SCORES_STEM}.parquet",
-             f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE]
+             f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE, VALIDITY_FILE]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -128,8 +128,11 @@ def render_report(results_dir: Path) -> str:
             body.append(f"<div class='plots'><img src='{_rel(judge_plot, results_dir)}' alt='judge win rates'></div>")
 
     validity = sorted(plots.glob("validity_*.png"))
-    if validity:
-        body.append("<h2>Validity: metric vs oracle (toy testbed)</h2><div class='plots'>")
+    if validity or (results_dir / VALIDITY_FILE).exists():
+        body.append("<h2>Validity: metric vs oracle (toy testbed)</h2>")
+        if (results_dir / VALIDITY_FILE).exists():
+            body.append(_table(pd.read_csv(results_dir / VALIDITY_FILE, keep_default_na=False)))
+        body.append("<div class='plots'>")
         body += [f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>" for path in validity]
         body.append("</div>")
 

@@ -8,6 +8,7 @@
     leaderboard.meta.json        what defines the numbers: metric settings per column group, CI method
     coverage.csv                 per method x metric: generated, failed, scored, missing and why
     judge_wtl.csv                LLM-judge pairwise win/tie/loss per method pair x N x criterion
+    validity.csv                 toy testbed only (oracle rows present): harness.validity's agreement table
 
 Aggregation (documented in the README and in leaderboard.meta.json): the unit is the *set*. A set's
 value is the mean over its seeds that have a value; the leaderboard mean is the mean over sets, and the
@@ -21,7 +22,7 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,9 @@ import pandas as pd
 from harness import stats
 from harness.io import atomic_write, atomic_write_json
 from harness.metrics.base import SCORE_COLUMNS, STATUSES
-from harness.records import iter_failures, iter_images
+from harness.records import ImageRecord, iter_failures, iter_images
 from harness.scoring import load_scores
+from harness.validity import VALIDITY_FILE, write_validity
 
 JUDGE_METRIC = "llm_judge"
 ORACLE_METRIC = "oracle"
@@ -87,13 +89,28 @@ def is_pairwise_judge(frame: pd.DataFrame) -> pd.Series:
     return frame["sub_metric"].str.contains("_vs_", regex=False).astype(bool)
 
 
-def column_groups(tidy: pd.DataFrame) -> pd.DataFrame:
+def lora_ids(records: Iterable[ImageRecord]) -> frozenset[str]:
+    """Ids of every LoRA used by these images' sets (to recognise per-LoRA sub-metrics)."""
+    return frozenset(lora["id"] for record in records for lora in record.loras)
+
+
+def names_a_lora(frame: pd.DataFrame, ids: frozenset[str]) -> pd.Series:
+    """Sub-metrics about one LoRA (``<id>``, ``dino:<id>``): each exists only in the sets holding that LoRA,
+    so they stay in the tidy table but are not leaderboard columns (their per-category and mean are)."""
+    if not ids:
+        return pd.Series(False, index=frame.index)
+    tokens = frame["sub_metric"].str.replace("=", ":", regex=False).str.split(":")
+    return tokens.map(lambda parts: any(part in ids for part in parts)).astype(bool)
+
+
+def column_groups(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     """One row per leaderboard column group: metric, sub_metric, metric_key, its name, version, settings.
 
     The name is ``metric`` (sub-metric ``all``) or ``metric/sub_metric``; ``@metric_key`` is appended only
     when one folder holds the same metric made with several settings, so names stay short and unique.
+    Judge pairwise rows and per-LoRA sub-metrics (see ``names_a_lora``) get no column.
     """
-    frame = tidy[~is_pairwise_judge(tidy)]
+    frame = tidy[~is_pairwise_judge(tidy) & ~names_a_lora(tidy, lora_ids)]
     groups = frame.drop_duplicates(["metric", "sub_metric", "metric_key"])[
         ["metric", "sub_metric", "metric_key", "metric_version", "metric_settings"]
     ].sort_values(["metric", "metric_key", "sub_metric"], kind="stable")
@@ -127,9 +144,9 @@ def summarise(values: pd.DataFrame) -> dict[str, Any]:
     return summary
 
 
-def leaderboard_long(tidy: pd.DataFrame) -> pd.DataFrame:
+def leaderboard_long(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset()) -> pd.DataFrame:
     """One row per method_label x N (each, then ``all``) x column group with mean, CI and counts."""
-    groups = column_groups(tidy)
+    groups = column_groups(tidy, lora_ids)
     records = []
     for group in groups.itertuples():
         rows = tidy[(tidy["metric"] == group.metric) & (tidy["sub_metric"] == group.sub_metric)
@@ -180,10 +197,10 @@ def leaderboard_wide(long: pd.DataFrame) -> pd.DataFrame:
     return wide.sort_values(["method_label", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def leaderboard_meta(tidy: pd.DataFrame) -> dict[str, Any]:
+def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset()) -> dict[str, Any]:
     """What defines the leaderboard numbers: compare two of these before comparing two leaderboards."""
     columns = {}
-    for group in column_groups(tidy).itertuples():
+    for group in column_groups(tidy, lora_ids).itertuples():
         columns[group.column] = {
             "metric": group.metric,
             "sub_metric": group.sub_metric,
@@ -197,7 +214,8 @@ def leaderboard_meta(tidy: pd.DataFrame) -> dict[str, Any]:
                     for label, part in tidy.groupby("method_label")},
         "columns": columns,
         "aggregation": ("unit = set: per set, mean over seeds with a value; mean over sets; missing values "
-                        "(status not ok/fallback_full_image) are excluded and counted per status"),
+                        "(status not ok/fallback_full_image) are excluded and counted per status; per-LoRA "
+                        "sub-metrics and judge pairwise rows are not leaderboard columns"),
         "ci": {"method": stats.CI_METHOD, "confidence_level": stats.CONFIDENCE_LEVEL,
                "n_resamples": stats.N_RESAMPLES, "random_state": stats.RANDOM_STATE, "resampled": "sets"},
         "generated_by": "python -m harness table",
@@ -338,7 +356,8 @@ def write_tables(results_dir: str | Path) -> dict[str, Path]:
             f"{results_dir} is not a results folder (no images/ or scores/ in it): pass the folder a run "
             f"wrote, e.g. `python -m harness table results/toy`.")
     tidy = tidy_table(results_dir)
-    long = leaderboard_long(tidy)
+    ids = lora_ids(iter_images(results_dir))
+    long = leaderboard_long(tidy, ids)
     paths = {
         "scores_parquet": results_dir / f"{SCORES_STEM}.parquet",
         "scores_csv": results_dir / f"{SCORES_STEM}.csv",
@@ -352,9 +371,11 @@ def write_tables(results_dir: str | Path) -> dict[str, Path]:
     write_csv(tidy, paths["scores_csv"])
     write_csv(leaderboard_wide(long), paths["leaderboard"])
     write_csv(long, paths["leaderboard_long"])
-    atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy))
+    atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy, ids))
     write_csv(coverage_table(tidy, results_dir), paths["coverage"])
     write_csv(judge_win_tie_loss(tidy), paths["judge"])
+    if ((tidy["metric"] == ORACLE_METRIC) & (tidy["sub_metric"] == ORACLE_SUB_METRIC)).any():
+        paths["validity"] = write_validity(results_dir)  # toy testbed: agreement of each metric with the oracle
     return paths
 
 

@@ -96,6 +96,13 @@ def make_results_folder(results_dir: Path, clip_settings: dict[str, dict[str, An
                     rows.append(_row(label, set_id, n, seed, "clip_t", clip, "all", None, "error", "bad tensor"))
                 elif (label, set_id, seed) != NOT_SCORED:
                     rows.append(_row(label, set_id, n, seed, "clip_t", clip, "all", value))
+                # Per-LoRA sub-metrics (as image_ref writes them) plus their per-image mean.
+                per_lora = [float(rng.uniform(0, 1)) for _ in range(n)]
+                for lora, similarity in zip(_loras(set_id, n), per_lora):
+                    rows.append(_row(label, set_id, n, seed, "image_ref", {"backbone": "dino"}, f"dino:{lora['id']}",
+                                     similarity))
+                rows.append(_row(label, set_id, n, seed, "image_ref", {"backbone": "dino"}, "dino:mean",
+                                 float(np.mean(per_lora))))
                 present = float(value + rng.normal(0, 0.01) > 0.21)
                 rows.append(_row(label, set_id, n, seed, "oracle", {"version": 1}, "all_present", present))
                 for sub in POINTWISE:

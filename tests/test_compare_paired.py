@@ -26,6 +26,8 @@ def test_paired_difference_direction_and_counts(results_dir: Path) -> None:
     assert clip["sets"] == len(SETS)
     assert clip["wins_a"] + clip["ties"] + clip["wins_b"] == clip["sets"]
     assert clip["holm_p"] >= clip["wilcoxon_p"]
+    columns = set(table.index.get_level_values("column"))
+    assert "image_ref/dino:mean" in columns and not [c for c in columns if c.startswith("image_ref/dino:n")]
     # Swapping A and B flips the sign and the win counts.
     flipped = _run(results_dir, "merge", "switch").set_index(["column", "n"]).loc[("clip_t", tables.ALL_N)]
     assert flipped["mean_diff"] == pytest.approx(-clip["mean_diff"])

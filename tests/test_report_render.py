@@ -58,6 +58,7 @@ def test_report_links_resolve(results_dir: Path, refreshed: dict[str, Path]) -> 
     page = refreshed["report"].read_text(encoding="utf-8")
     targets = re.findall(r"(?:src|href)='([^']+)'", page)
     assert any(t.endswith(".png") for t in targets) and tables.LEADERBOARD_FILE in targets
+    assert tables.VALIDITY_FILE in targets and "spearman_rho" in page  # the fixture has oracle rows
     for target in targets:
         assert (results_dir / target).exists(), target
     for column in ("clip_t", "llm_judge/overall", "oracle/all_present"):

@@ -29,6 +29,7 @@ def test_tidy_table_has_one_row_per_image_metric_submetric(results_dir: Path, bu
     assert not tidy.duplicated(["image_id", "metric", "metric_key", "sub_metric"]).any()
     # The superseded row (999) was written first; only the last row per identity survives.
     assert tidy["value"].max() < 100
+    assert tidy["sub_metric"].str.startswith("dino:n2_a_").any()  # per-LoRA rows stay in the tidy table
     csv = pd.read_csv(built["scores_csv"])
     assert len(csv) == len(tidy)
     # A missing value stays missing with its status and reason, never 0.
@@ -61,8 +62,10 @@ def test_leaderboard_rows_columns_and_order(built: dict[str, Path]) -> None:
     assert set(zip(board["method_label"], board["n"])) == {(m, n) for m in METHOD_MEANS for n in ns}
     assert {"clip_t.mean", "clip_t.ci_low", "clip_t.ci_high", "clip_t.n_scored", "clip_t.n_missing",
             "llm_judge/overall.mean", "oracle/all_present.mean"} <= set(board.columns)
-    # Pairwise judge rows are not leaderboard columns.
+    # Pairwise judge rows and per-LoRA sub-metrics are not leaderboard columns; the per-image mean is.
     assert not [c for c in board.columns if "_vs_" in c]
+    assert "image_ref/dino:mean.mean" in board.columns
+    assert not [c for c in board.columns if c.startswith("image_ref/") and "dino:mean" not in c]
     everything = board[board["n"] == tables.ALL_N].set_index("method_label")
     ranking = everything["clip_t.mean"].sort_values().index.tolist()
     assert ranking == sorted(METHOD_MEANS, key=METHOD_MEANS.get)
