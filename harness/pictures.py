@@ -35,14 +35,14 @@ PICTURES_DIR = "pictures"
 GRID_CELL = 160  # pixels per image in a set grid (small toy images are upscaled without smoothing)
 CONTACT_CELL = 96
 CONTACT_MAX_SETS = 60  # per N; a larger testbed gets the first sets and a note in the title
-LABEL_WIDTH = 150
+MIN_LABEL_WIDTH = 80
 HEADER_HEIGHT = 26
 BACKGROUND = (255, 255, 255)
 MISSING_FILL = (225, 225, 225)
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_")
 
 
 def _font(size: int = 14) -> ImageFont.ImageFont:
@@ -57,22 +57,29 @@ def _fit(path: Path, size: int) -> Image.Image:
     return image.resize(new_size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
 
 
+def label_width(labels: list[str]) -> int:
+    """Pixels for the row labels: the widest label plus a margin (set ids can be long)."""
+    font = _font(15)
+    return max([MIN_LABEL_WIDTH] + [int(font.getlength(label)) + 16 for label in labels])
+
+
 def labelled_grid(title: str, column_labels: list[str], rows: list[tuple[str, list[Path | None]]],
                   cell: int) -> Image.Image:
     """A grid of images with a title, a label per column (top) and per row (left); None is a grey cell."""
     font, small = _font(15), _font(12)
-    width = LABEL_WIDTH + cell * len(column_labels)
+    left_margin = label_width([label for label, _ in rows])
+    width = max(left_margin + cell * len(column_labels), int(font.getlength(title)) + 12)
     height = 2 * HEADER_HEIGHT + cell * len(rows)
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     draw.text((6, 5), title, fill=(0, 0, 0), font=font)
     for column, label in enumerate(column_labels):
-        draw.text((LABEL_WIDTH + column * cell + 4, HEADER_HEIGHT + 5), label, fill=(60, 60, 60), font=small)
+        draw.text((left_margin + column * cell + 4, HEADER_HEIGHT + 5), label, fill=(60, 60, 60), font=small)
     for row, (label, paths) in enumerate(rows):
         top = 2 * HEADER_HEIGHT + row * cell
         draw.text((6, top + cell // 2 - 8), label, fill=(0, 0, 0), font=font)
         for column, path in enumerate(paths):
-            left = LABEL_WIDTH + column * cell
+            left = left_margin + column * cell
             if path is None:
                 draw.rectangle([left + 2, top + 2, left + cell - 3, top + cell - 3], fill=MISSING_FILL)
                 draw.text((left + 8, top + cell // 2 - 6), "missing", fill=(120, 120, 120), font=small)

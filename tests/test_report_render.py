@@ -27,11 +27,12 @@ def refreshed(results_dir: Path) -> dict[str, Path]:
 def test_set_grid_has_a_row_per_method_and_marks_failures(results_dir: Path, refreshed: dict[str, Path]) -> None:
     set_id = FAILED[1]
     grid = Image.open(results_dir / pictures.PICTURES_DIR / "grids" / f"{set_id}.png").convert("RGB")
-    assert grid.width == pictures.LABEL_WIDTH + pictures.GRID_CELL * len(SEEDS)
+    label_width = pictures.label_width(sorted(METHOD_MEANS))
+    assert grid.width == label_width + pictures.GRID_CELL * len(SEEDS)
     assert grid.height == 2 * pictures.HEADER_HEIGHT + pictures.GRID_CELL * len(METHOD_MEANS)
     # The failed image's cell is the grey placeholder; the others hold the method's colour.
     row = sorted(METHOD_MEANS).index(FAILED[0])
-    centre = (pictures.LABEL_WIDTH + pictures.GRID_CELL * FAILED[2] + 10,
+    centre = (label_width + pictures.GRID_CELL * FAILED[2] + 10,
               2 * pictures.HEADER_HEIGHT + pictures.GRID_CELL * row + 10)
     assert grid.getpixel(centre) == pictures.MISSING_FILL
 
