@@ -180,3 +180,22 @@ def test_cli_scores_with_overrides(results: Path, clip_settings: dict) -> None:
     assert len(frame) == 6 and set(frame["metric"]) == {"clip_text"}
     settings = json.loads(frame["metric_settings"].iloc[0])
     assert settings["pretrained"] == clip_settings["pretrained"] and settings["scale"] == 100.0
+
+
+def test_score_from_config(results: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from harness.scoring import score_from_config
+
+    cfg = OmegaConf.create({"output_dir": str(results), "metrics": {"test_mean_pixel": {"name": "test_mean_pixel"}},
+                            "methods": ["switch"]})
+    assert score_from_config(cfg) == 0
+    frame = load_scores(results)
+    assert set(frame["method_label"]) == {"switch"} and len(frame) == 3
+    with pytest.raises(ValueError, match="metric="):
+        score_from_config(OmegaConf.create({"output_dir": str(results), "metrics": {}}))
+
+
+def test_not_a_results_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="images/"):
+        score_results(tmp_path, {"test_mean_pixel": {}}, progress=False)

@@ -204,8 +204,54 @@ def build_metric_models(out_dir: str | Path = "metrics/toy", quick: bool = False
         "face": str(train_toy_face(out_dir / "insightface", steps=10 if quick else 300, log=log)),
         "dinov2": str(save_toy_dinov2(out_dir / "dinov2")),
     }
-    atomic_write_json(out_dir / "manifest.json", paths)
+    checks = check_metric_models(out_dir)
+    log(f"toy metric model checks: {checks}")
+    atomic_write_json(out_dir / "manifest.json", {**paths, "checks": checks})
     return paths
+
+
+def check_metric_models(out_dir: str | Path = "metrics/toy", samples: int = 64, seed: int = 123) -> dict[str, float]:
+    """Sanity numbers on fresh renders (recorded in the manifest):
+
+    - ``clip_caption_accuracy``: how often the toy CLIP prefers a scene's caption (concept triggers included) to
+      the same caption with the character swapped for another one (chance 0.5);
+    - ``face_same_identity`` / ``face_other_identity``: mean cosine of the toy face embedding between two renders
+      of the same character in different scenes / of different characters.
+    """
+    from PIL import Image
+
+    from harness.metrics.models import clip_image_embeddings, clip_text_embeddings, load_face_recognizer, load_open_clip
+    from harness.toy import world
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    model, preprocess, tokenizer = load_open_clip(TOY_CLIP_NAME, str(out_dir / "clip" / "toy_clip.pt"),
+                                                  str(out_dir / "clip" / f"{TOY_CLIP_NAME}.json"))
+    characters = [c.id for c in world.CONCEPTS if c.category == "character"]
+    images, right, wrong = [], [], []
+    for _ in range(samples):
+        own, other = rng.choice(characters, 2, replace=False)
+        spec = world.with_concept(world.sample_generic_spec(rng), own)
+        images.append(Image.fromarray(world.render(spec, rng)))
+        right.append(world.caption(spec, concepts=(own,)))
+        wrong.append(world.caption(world.with_concept(spec, other), concepts=(other,)))
+    image_emb = clip_image_embeddings(model, preprocess, images)
+    right_cos = (image_emb * clip_text_embeddings(model, tokenizer, right)).sum(-1)
+    wrong_cos = (image_emb * clip_text_embeddings(model, tokenizer, wrong)).sum(-1)
+    recognizer = load_face_recognizer(str(out_dir / "insightface"), TOY_FACE_PACK)
+    identities = [(c, s) for c in world.CHARACTER_COLOURS for s in world.CHARACTER_SHAPES]
+    same, different = [], []
+    for _ in range(samples):
+        a, b = (identities[i] for i in rng.choice(len(identities), 2, replace=False))
+        renders = [world.render(world.sample_generic_spec(rng).replace(character=who), rng) for who in (a, a, b)]
+        x0, y0, x1, y1 = TOY_BOXES["character"]
+        crops = [np.ascontiguousarray(r[y0:y1, x0:x1][:, :, ::-1]) for r in renders]  # BGR, as insightface reads
+        feats = recognizer.get_feat(crops)
+        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        same.append(float(feats[0] @ feats[1]))
+        different.append(float(feats[0] @ feats[2]))
+    return {"clip_caption_accuracy": float((right_cos > wrong_cos).float().mean()),
+            "face_same_identity": float(np.mean(same)), "face_other_identity": float(np.mean(different))}
 
 
 def save_tiny_clipseg(folder: str | Path, seed: int = 0) -> Path:
