@@ -109,13 +109,12 @@ def resolve_side(spec: str, results_dir: Path | None) -> Side:
 def _paired_view(side: Side, other_label: str) -> pd.DataFrame:
     """Rows keyed by comparison column; judge pairwise rows against the other side become criteria."""
     rows = side.rows.copy()
-    pairwise = is_pairwise_judge(rows)
-    versus_other = rows["sub_metric"].str.fullmatch(rf".+_vs_{other_label}") & ~rows["sub_metric"].str.contains(
-        "_consistent_vs_")
-    rows = rows[~pairwise | (versus_other & (rows["metric"] == JUDGE_METRIC))].copy()
+    suffix = f"_vs_{other_label}"
+    versus_other = (rows["metric"] == JUDGE_METRIC) & rows["sub_metric"].str.endswith(suffix) & \
+        ~rows["sub_metric"].str.contains("_consistent_vs_", regex=False)
+    rows = rows[~is_pairwise_judge(rows) | versus_other].copy()
     judged = is_pairwise_judge(rows)
-    rows.loc[judged, "sub_metric"] = rows.loc[judged, "sub_metric"].str.replace(
-        rf"_vs_{other_label}$", "", regex=True) + " (pairwise)"
+    rows.loc[judged, "sub_metric"] = rows.loc[judged, "sub_metric"].str.removesuffix(suffix) + " (pairwise)"
     rows["column"] = np.where(rows["sub_metric"] == "all", rows["metric"], rows["metric"] + "/" + rows["sub_metric"])
     return rows
 
