@@ -37,22 +37,30 @@ def _names_a_lora(sub_metric: str, lora_ids: set[str]) -> bool:
     return any(token in lora_ids for token in tokens)
 
 
-def validity_table(results_dir: str | Path) -> pd.DataFrame:
+def _ranking(means: pd.Series) -> str:
+    """'a > b > c' by mean, best first; a constant column ranks nothing."""
+    if means.nunique() <= 1:
+        return "(all equal)"
+    return " > ".join(means.sort_values(ascending=False, kind="stable").index)
+
+
+def validity_table(results_dir: str | Path, oracle_metric: str = ORACLE_METRIC,
+                   oracle_sub_metric: str = ORACLE_SUB_METRIC) -> pd.DataFrame:
     """One row per metric column: agreement with the oracle per image (Spearman) and per method (Kendall)."""
     from scipy.stats import kendalltau, spearmanr
 
     scores = load_scores(results_dir)
     scores = scores[scores["status"].isin(VALUE_STATUSES) & scores["value"].notna()]
-    oracle = scores[(scores["metric"] == ORACLE_METRIC) & (scores["sub_metric"] == ORACLE_SUB_METRIC)]
+    oracle = scores[(scores["metric"] == oracle_metric) & (scores["sub_metric"] == oracle_sub_metric)]
     if oracle.empty:
-        raise ValueError(f"{results_dir} has no oracle rows ({ORACLE_METRIC}/{ORACLE_SUB_METRIC}): validity needs the "
+        raise ValueError(f"{results_dir} has no oracle rows ({oracle_metric}/{oracle_sub_metric}): validity needs the "
                          f"toy testbed's oracle. Score with it first: `python -m harness score output_dir={results_dir} "
                          f"metric=[oracle]`.")
     oracle_key = oracle["metric_key"].value_counts().index[0]  # the oracle settings with the most rows
     oracle = oracle[oracle["metric_key"] == oracle_key][["image_key", "method_label", "value"]]
     lora_ids = {lora["id"] for image in iter_images(results_dir) for lora in image.loras}
     rows = []
-    others = scores[scores["metric"] != ORACLE_METRIC]
+    others = scores[~scores["metric"].isin([ORACLE_METRIC, oracle_metric])]
     for (metric, metric_key, sub_metric), group in others.groupby(["metric", "metric_key", "sub_metric"], sort=True):
         if _names_a_lora(sub_metric, lora_ids):
             continue
@@ -66,8 +74,8 @@ def validity_table(results_dir: str | Path) -> pd.DataFrame:
             row.update(spearman_rho=float(result.statistic), spearman_p=float(result.pvalue))
         methods = paired.groupby("method_label")[["value", "value_oracle"]].mean()
         row["n_methods"] = len(methods)
-        row["metric_ranking"] = " > ".join(methods["value"].sort_values(ascending=False, kind="stable").index)
-        row["oracle_ranking"] = " > ".join(methods["value_oracle"].sort_values(ascending=False, kind="stable").index)
+        row["metric_ranking"] = _ranking(methods["value"])
+        row["oracle_ranking"] = _ranking(methods["value_oracle"])
         if len(methods) >= 2 and methods["value"].nunique() > 1 and methods["value_oracle"].nunique() > 1:
             result = kendalltau(methods["value"], methods["value_oracle"])
             row.update(kendall_tau=float(result.statistic), kendall_p=float(result.pvalue))
@@ -75,10 +83,11 @@ def validity_table(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VALIDITY_COLUMNS)
 
 
-def write_validity(results_dir: str | Path) -> Path:
+def write_validity(results_dir: str | Path, oracle_metric: str = ORACLE_METRIC,
+                   oracle_sub_metric: str = ORACLE_SUB_METRIC, filename: str = VALIDITY_FILE) -> Path:
     """Write ``<results_dir>/validity.csv`` (next to leaderboard.csv) and return its path."""
-    table = validity_table(results_dir)
-    path = Path(results_dir) / VALIDITY_FILE
+    table = validity_table(results_dir, oracle_metric, oracle_sub_metric)
+    path = Path(results_dir) / filename
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
     return path
 

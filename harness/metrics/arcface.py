@@ -33,10 +33,12 @@ REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def reference_files(lora: dict[str, Any]) -> list[Path]:
     """Image files in the LoRA's ``references`` folder (empty when there is none)."""
+    from harness.metrics.models import local_path
+
     folder = lora.get("references")
-    if not folder or not Path(folder).is_dir():
+    if not folder or not local_path(folder).is_dir():
         return []
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
+    return sorted(p for p in local_path(folder).iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
 
 
 def assign_faces(similarity: np.ndarray) -> dict[int, tuple[int, float]]:

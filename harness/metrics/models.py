@@ -48,10 +48,17 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def local_path(path: str | Path) -> Path:
+    """A relative path is taken from the current folder if it exists there, else from the project root."""
+    from harness.testbeds import resolve_path
+
+    return resolve_path(path)
+
+
 def _require(path: str | Path | None, what: str, kind: str) -> Path:
-    if path is None or str(path) == "" or not Path(path).exists():
+    if path is None or str(path) == "" or not local_path(path).exists():
         raise ModelUnavailable(what, path, REAL_WEIGHTS_HINT[kind])
-    return Path(path)
+    return local_path(path)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -101,7 +108,7 @@ def load_open_clip(model: str, pretrained: str, model_config: str | None = None,
 
 
 def insightface_pack_dir(root: str | Path, pack: str) -> Path:
-    return Path(root).expanduser() / "models" / pack
+    return local_path(root) / "models" / pack
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,7 +124,7 @@ def load_face_analysis(root: str, pack: str, providers: tuple[str, ...] = ("CPUE
     from insightface.app import FaceAnalysis
 
     try:
-        app = FaceAnalysis(name=pack, root=str(Path(root).expanduser()),
+        app = FaceAnalysis(name=pack, root=str(folder.parent.parent),
                            allowed_modules=["detection", "recognition"], providers=list(providers))
     except AssertionError as error:  # insightface asserts a detector is present, with no message
         raise ModelUnavailable(f"a detection model in insightface pack {pack!r}", folder,
