@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m harness demo
 
+# two test workers on two cores: one torch thread each (more threads per process oversubscribe the CPU)
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q -p no:warnings
 
 bench: $(STAMP)
 	$(PY) -m harness bench

@@ -26,6 +26,10 @@ def score_app(cfg: DictConfig) -> None:
     from harness.runner import selected_metrics
     from harness.scoring import score_from_config
 
+    from harness.tables import refresh_tables
+
     OmegaConf.set_struct(cfg, False)
     cfg.metrics = selected_metrics(cfg)
     score_from_config(cfg)
+    if cfg.get("tables", True):
+        refresh_tables(cfg.output_dir)

@@ -58,6 +58,7 @@ def quiet_libraries() -> None:
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
 
 
