@@ -43,11 +43,13 @@ class RenderTruth(Metric):
 def sample_sets(count: int, rng: np.random.Generator) -> list[list[str]]:
     """Random ComposLoRA-style sets: a character plus N-1 concepts of other categories, N in 2..5."""
     by_category = {c: [x.id for x in world.CONCEPTS if x.category == c] for c in world.CATEGORIES}
-    sets = []
-    for index in range(count):
-        n = 2 + index % 4
+    sets: list[list[str]] = []
+    while len(sets) < count:
+        n = 2 + len(sets) % 4
         others = list(rng.choice(list(world.CATEGORIES[1:]), n - 1, replace=False))
-        sets.append([str(rng.choice(by_category[c])) for c in ["character", *sorted(others, key=world.CATEGORIES.index)]])
+        chosen = [str(rng.choice(by_category[c])) for c in ["character", *sorted(others, key=world.CATEGORIES.index)]]
+        if chosen not in sets:  # a set id names one folder
+            sets.append(chosen)
     return sets
 
 
