@@ -227,7 +227,7 @@ class Runner:
         self._adapters.ensure(list(composition.loras))
         sampler.adapters.forget()
         context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
-                               sampler.embed_without_loras)
+                               sampler.importance_embedder(self.method))
         started = time.perf_counter()
         the_seed = image_seed(seed, composition.id, self.seed_mode)
         image, plan = sampler.generate(self.method, context, self.testbed.negative_prompt, self.settings, the_seed)

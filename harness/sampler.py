@@ -119,6 +119,16 @@ class Sampler:
         self.adapters.set_text_encoder({})
         return self.encode(text).mean(dim=1)[0].float()
 
+    @torch.no_grad()
+    def embed_as_left(self, text: str) -> torch.Tensor:
+        """v(p) with the text encoder as the previous image left it (the released code's behaviour)."""
+        return self.encode(text).mean(dim=1)[0].float()
+
+    def importance_embedder(self, method: CompositionMethod) -> Any:
+        if getattr(method, "importance_text_encoder", "disabled") == "as_left":
+            return self.embed_as_left
+        return self.embed_without_loras
+
     # -- UNet ------------------------------------------------------------------------------------------
 
     def _unet(self, latents: torch.Tensor, timestep: Any, text: torch.Tensor) -> torch.Tensor:

@@ -160,3 +160,17 @@ def test_lora_matching_no_layer_is_an_error(tiny_testbed_dir, tmp_path):
               str(stray))
     with pytest.raises(LoraError, match="stray"):
         load_adapter(pipe, spec(tmp_path, "stray", path=stray))
+
+
+def test_importance_as_left_uses_the_text_encoder_state_it_finds(loaded):
+    pipe, specs = loaded
+    method = METHODS.get("w_composite")(importance_text_encoder="as_left")
+    sampler = Sampler(pipe)
+    assert sampler.importance_embedder(method) == sampler.embed_as_left
+    assert Sampler(pipe).importance_embedder(METHODS.get("w_composite")()) is not None
+    sampler.adapters.set_text_encoder({s.id: 0.8 for s in specs})
+    left = sampler.embed_as_left("a picture, trig x")
+    clean = sampler.embed_without_loras("a picture, trig x")
+    assert (left - clean).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="importance_text_encoder"):
+        METHODS.get("w_switch")(importance_text_encoder="sometimes")

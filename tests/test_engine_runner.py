@@ -121,3 +121,17 @@ def test_cli_run_then_rerun_skips(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert "generated 0, skipped 2" in second.stdout
     assert len(list(iter_images(tmp_path))) == 2
+
+
+def test_trigger_missing_from_prompt_is_a_recorded_failure(tiny_testbed_dir, tmp_path):
+    testbed = tiny_testbed(tiny_testbed_dir, prompt_template="{prompt}")
+    summary = run_sets(make_runner(testbed, tmp_path, "merge"), select_sets(testbed.sets(), limit=1))
+    assert summary.failed == Counter({"no trigger phrase": 1})
+    assert "prompt_template" in next(iter_failures(tmp_path))["reason"]
+
+
+def test_missing_base_model_error_names_path_and_fix(tmp_path):
+    from harness.models import ModelLoadError, load_pipeline
+
+    with pytest.raises(ModelLoadError, match=r"nowhere.*Fix: point `model.base`"):
+        load_pipeline(tmp_path / "nowhere", device="cpu")

@@ -66,8 +66,23 @@ class Composite(CompositionMethod):
                          per_adapter_steps(ids, weights, context.lora_scale, context.steps))
 
 
+IMPORTANCE_TEXT_ENCODER = ("disabled", "as_left")
+
+
+class PromptAware(CompositionMethod):
+    """Shared by W-Switch and W-Composite: where v(p) comes from. ``disabled`` (default, deterministic):
+    every text-encoder LoRA off. ``as_left``: the encoder as the previous image left it, which is what the
+    released code does (weights then depend on call order); only for reproducing its exact numbers."""
+
+    def __init__(self, importance_text_encoder: str = "disabled", **settings) -> None:
+        if importance_text_encoder not in IMPORTANCE_TEXT_ENCODER:
+            raise ValueError(f"importance_text_encoder must be one of {IMPORTANCE_TEXT_ENCODER}")
+        super().__init__(importance_text_encoder=importance_text_encoder, **settings)
+        self.importance_text_encoder = importance_text_encoder
+
+
 @METHODS.register("w_switch")
-class WSwitch(CompositionMethod):
+class WSwitch(PromptAware):
     """Switch with block lengths from prompt-ablation weights (PAW) and a reserved character tail."""
 
     def __init__(self, interval: int = 5, timing: str = "reference", reserved_steps: int = 5, **settings) -> None:
@@ -84,7 +99,7 @@ class WSwitch(CompositionMethod):
 
 
 @METHODS.register("w_composite")
-class WComposite(CompositionMethod):
+class WComposite(PromptAware):
     """Composite with prompt-trigger similarity weights (PTW): eps = sum_k w_k [u_k + s (c_k - u_k)]."""
 
     def prepare(self, context: ImageContext) -> ImagePlan:
