@@ -7,7 +7,8 @@
   exported to ONNX in insightface's recognition layout (112x112 input, one output) under
   ``<root>/models/toy_face/``; insightface's ``model_zoo.get_model`` loads it. It has no detector: on the toy
   testbed faces come from the world's known character box (``detector: box``).
-- toy DINOv2: a tiny random ``Dinov2Model`` (random ViT features still tell identical from unrelated).
+- toy DINOv2: a tiny ``Dinov2Model`` trained briefly (supervised slot-attribute heads on the CLS token, then
+  dropped; not DINO's self-distillation) and saved with ``save_pretrained``.
 - no toy CLIPSeg (its CLIP vocabulary alone would exceed the size budget): the ``mask`` region falls back
   to the full image and records it; the toy image_ref config uses the world's boxes instead.
 
@@ -193,6 +194,49 @@ def save_toy_dinov2(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def train_toy_dinov2(folder: str | Path, steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                     log: Callable[[str], None] = print) -> Path:
+    """The tiny DINOv2, trained briefly so its CLS token describes every slot of a scene.
+
+    Not DINO's self-distillation (too slow here): linear heads on the CLS token predict each slot's two
+    attributes; the heads are thrown away and the backbone saved as a plain ``Dinov2Model``.
+    """
+    from transformers import Dinov2Model
+
+    from harness.toy import world
+
+    folder = save_toy_dinov2(folder, seed)
+    model = Dinov2Model.from_pretrained(folder)
+    heads = torch.nn.ModuleDict({f"{category}_{i}": torch.nn.Linear(model.config.hidden_size, len(values))
+                                 for category, attributes in world.SLOT_ATTRIBUTES.items()
+                                 for i, values in enumerate(attributes)})
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=lr)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rng = np.random.default_rng(seed + 2)
+    start = time.time()
+    model.train()
+    for step in range(steps):
+        specs = []
+        for _ in range(batch_size):
+            spec = world.sample_generic_spec(rng)
+            for concept in world.CONCEPTS:
+                if rng.random() < 0.15:
+                    spec = world.with_concept(spec, concept.id)
+            specs.append(spec)
+        pixels = torch.from_numpy(np.stack([world.render(spec, rng) for spec in specs])).permute(0, 3, 1, 2).float()
+        cls = model(pixel_values=(pixels / 255.0 - mean) / std).last_hidden_state[:, 0]
+        loss = sum(torch.nn.functional.cross_entropy(
+            heads[f"{category}_{i}"](cls), torch.tensor([values.index(spec.slot(category)[i]) for spec in specs]))
+            for category, attributes in world.SLOT_ATTRIBUTES.items() for i, values in enumerate(attributes))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"toy DINOv2 step {step}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f}s)")
+    model.eval().save_pretrained(folder)
+    return folder
+
+
 def build_metric_models(out_dir: str | Path = "metrics/toy", quick: bool = False,
                         log: Callable[[str], None] = print) -> dict[str, str]:
     """Build every toy metric model under ``out_dir``; ``quick`` trains a few steps only (tests, smoke runs)."""
@@ -202,7 +246,7 @@ def build_metric_models(out_dir: str | Path = "metrics/toy", quick: bool = False
         "clip_config": str(out_dir / "clip" / f"{TOY_CLIP_NAME}.json"),
         "insightface_root": str(out_dir / "insightface"),
         "face": str(train_toy_face(out_dir / "insightface", steps=10 if quick else 300, log=log)),
-        "dinov2": str(save_toy_dinov2(out_dir / "dinov2")),
+        "dinov2": str(train_toy_dinov2(out_dir / "dinov2", steps=5 if quick else 600, log=log)),
     }
     checks = check_metric_models(out_dir)
     log(f"toy metric model checks: {checks}")
