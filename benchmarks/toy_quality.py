@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
-    parser.add_argument("--loras", default=None, help="comma list of LoRA ids (default all)")
+    parser.add_argument("--loras", default=None, help="comma list of LoRA ids (default all; 'none' to skip)")
     parser.add_argument("--skip-base", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--threads", type=int, default=2)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" | all five right {every:.3f} | oracle members agree {figures['base']['oracle_agreement']:.3f}")
 
     lora_dir = Path(config["lora_dir"])
-    wanted = args.loras.split(",") if args.loras else [c.id for c in world.CONCEPTS]
+    wanted = [] if args.loras == "none" else args.loras.split(",") if args.loras else [c.id for c in world.CONCEPTS]
     for concept_id in wanted:
         pipe.load_lora_weights(str(lora_dir / f"{concept_id}.safetensors"), adapter_name=concept_id)
     figures["loras"] = {}
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = "ok" if present >= TARGETS["lora_present"] and kept >= TARGETS["lora_kept"] else "BELOW TARGET"
         print(f"{concept_id:14} {present:8.3f} {kept:6.3f} {base_rate:8.3f}   {flag}", flush=True)
     lora_rows = figures["loras"].values()
+    if not lora_rows:
+        return _finish(args, figures)
     figures["lora_summary"] = {
         "mean_present": float(np.mean([r["present"] for r in lora_rows])),
         "mean_kept": float(np.mean([r["kept"] for r in lora_rows])),
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = figures["lora_summary"]
     print(f"LoRAs: mean present {summary['mean_present']:.3f}, mean kept {summary['mean_kept']:.3f}, "
           f"{summary['loras_meeting_both']}/{summary['loras']} meet both targets ({time.time() - started:.0f}s)")
+    return _finish(args, figures)
+
+
+def _finish(args: argparse.Namespace, figures: dict) -> int:
     if args.json:
         from harness.io import atomic_write_json
 

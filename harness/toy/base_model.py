@@ -126,8 +126,14 @@ def encode_captions(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int = 64, lr: float = 1e-3,
                seed: int = 0, drop_slot: float = 0.25, drop_caption: float = 0.1,
-               log: Callable[[str], None] = print) -> tuple[Any, Any]:
-    """Train UNet + text encoder jointly (epsilon prediction, SD1.5 noise schedule)."""
+               log: Callable[[str], None] = print,
+               on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
+               ) -> tuple[Any, Any]:
+    """Train UNet + text encoder jointly (epsilon prediction, SD1.5 noise schedule).
+
+    ``on_snapshot(step, unet, text_encoder)`` is called every ``snapshot_every`` steps (e.g. to save a
+    provisional pipeline that LoRA settings can be tried on while training goes on).
+    """
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed)
@@ -161,6 +167,10 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if on_snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            on_snapshot(step + 1, unet.eval(), text_encoder.eval())
+            unet.train()
+            text_encoder.train()
         if step % max(1, steps // 20) == 0 or step == steps - 1:
             log(f"  unet step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
     return unet.eval(), text_encoder.eval()

@@ -1,7 +1,8 @@
 """``python -m harness testbed build toy [--quick] [--out DIR] [--force]``: rebuild the toy testbed from seeds.
 
 Phases, each skipped when its output already exists (so an interrupted build resumes; ``--force`` redoes
-all): tokenizer + VAE + UNet/text encoder -> ``base/``; two slot oracles -> ``oracle/``; one LoRA per
+all): VAE -> ``.stage/vae``; two slot oracles (on VAE round-trips) -> ``oracle/``; tokenizer + UNet/text
+encoder (with the VAE) -> ``base/``; one LoRA per
 held-back concept with ``harness.train_lora`` -> ``lora/<id>.safetensors``; reference renders ->
 ``references/<id>/``; the manifest ``lora_info.json``. Work is budgeted in steps, not seconds (the machine
 is shared and can stall); ``--quick`` uses tiny step counts to test the build path itself.
@@ -28,10 +29,10 @@ DEFAULT_OUT = Path("testbed/toy")
 @dataclass(frozen=True)
 class Budget:
     pool: int = 8192
-    vae_steps: int = 600
-    unet_steps: int = 1500
+    vae_steps: int = 500
+    unet_steps: int = 1200
     unet_batch: int = 64
-    oracle_steps: int = 400
+    oracle_steps: int = 1000
     lora_steps: int = 200
     lora_examples: int = 96
     lora_batch: int = 8
@@ -47,6 +48,35 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def _stage(out: Path) -> Path:
+    """Intermediate outputs (the trained VAE) that later phases reuse; not part of the testbed."""
+    return out / ".stage"
+
+
+def build_vae(out: Path, budget: Budget) -> None:
+    from harness.toy import base_model
+
+    target = _stage(out) / "vae"
+    if (target / "config.json").exists() or (out / "base" / "model_index.json").exists():
+        log(f"[vae] {target} exists, skipped")
+        return
+    log(f"[vae] rendering {budget.pool} scenes, {budget.vae_steps} steps")
+    vae = base_model.train_vae(base_model.render_pool(budget.pool, SEED), budget.vae_steps, seed=SEED, log=log)
+    scratch = Path(tempfile.mkdtemp(dir=out, prefix=".vae."))
+    vae.save_pretrained(scratch)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    scratch.rename(target)
+    log(f"[vae] saved {target}")
+
+
+def _load_vae(out: Path):
+    from diffusers import AutoencoderKL
+
+    folder = out / "base" / "vae" if (out / "base" / "vae").exists() else _stage(out) / "vae"
+    return AutoencoderKL.from_pretrained(folder).eval()
+
+
 def build_base(out: Path, budget: Budget) -> None:
     from harness.toy import base_model, world
     from harness.toy.tokenizer import build_toy_tokenizer
@@ -56,14 +86,21 @@ def build_base(out: Path, budget: Budget) -> None:
         log(f"[base] {target} exists, skipped")
         return
     started = time.time()
-    log(f"[base] rendering {budget.pool} scenes")
     pool = base_model.render_pool(budget.pool, SEED)
     tokenizer = build_toy_tokenizer(world.vocabulary())
-    log(f"[base] VAE, {budget.vae_steps} steps")
-    vae = base_model.train_vae(pool, budget.vae_steps, seed=SEED, log=log)
+    vae = _load_vae(out)
     log(f"[base] UNet + text encoder, {budget.unet_steps} steps at batch {budget.unet_batch}")
+
+    def snapshot(step: int, unet, text_encoder) -> None:  # a provisional pipeline to try LoRA settings on
+        scratch = Path(tempfile.mkdtemp(dir=out, prefix=".snapshot."))
+        base_model.save_pipeline(scratch, vae, unet, text_encoder, tokenizer)
+        shutil.rmtree(_stage(out) / "base_snapshot", ignore_errors=True)
+        scratch.rename(_stage(out) / "base_snapshot")
+        log(f"[base] snapshot at step {step} in {_stage(out) / 'base_snapshot'}")
+
     unet, text_encoder = base_model.train_unet(pool, vae, tokenizer, budget.unet_steps, budget.unet_batch,
-                                               seed=SEED, log=log)
+                                               seed=SEED, log=log, on_snapshot=snapshot,
+                                               snapshot_every=max(1, budget.unet_steps // 4))
     scratch = Path(tempfile.mkdtemp(dir=out, prefix=".base."))
     base_model.save_pipeline(scratch, vae, unet, text_encoder, tokenizer)
     shutil.rmtree(target, ignore_errors=True)
@@ -72,15 +109,13 @@ def build_base(out: Path, budget: Budget) -> None:
 
 
 def build_oracle(out: Path, budget: Budget) -> None:
-    from diffusers import AutoencoderKL
-
     from harness.toy.oracle import save_oracles, train_oracle
 
     target = out / "oracle"
     if (target / "config.json").exists():
         log(f"[oracle] {target} exists, skipped")
         return
-    vae = AutoencoderKL.from_pretrained(out / "base" / "vae").eval()
+    vae = _load_vae(out)
     models = []
     for number in range(2):  # two independently seeded oracles: the benchmark reports their agreement
         log(f"[oracle] member {number}, {budget.oracle_steps} steps")
@@ -151,7 +186,7 @@ def build_manifest(out: Path, budget: Budget) -> None:
     log(f"[manifest] {out / 'lora_info.json'}")
 
 
-PHASES = {"base": build_base, "oracle": build_oracle, "lora": build_loras, "references": build_references,
+PHASES = {"vae": build_vae, "oracle": build_oracle, "base": build_base, "lora": build_loras, "references": build_references,
           "manifest": build_manifest}
 
 
@@ -186,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _clear_phase(out: Path, name: str) -> None:
-    for path in {"base": ["base"], "oracle": ["oracle"], "lora": ["lora"], "references": ["references"],
+    for path in {"vae": [".stage/vae"], "base": ["base"], "oracle": ["oracle"], "lora": ["lora"], "references": ["references"],
                  "manifest": []}.get(name, []):
         shutil.rmtree(out / path, ignore_errors=True)
 
