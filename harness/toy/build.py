@@ -32,7 +32,7 @@ class Budget:
     vae_steps: int = 500
     unet_steps: int = 1200
     unet_batch: int = 64
-    oracle_steps: int = 1000
+    oracle_steps: int = 1500
     lora_steps: int = 200
     lora_examples: int = 96
     lora_batch: int = 8

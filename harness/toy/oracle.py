@@ -40,9 +40,9 @@ class SlotNet(nn.Module):
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
             nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(),
         )
-        self.heads = nn.ModuleList(nn.Linear(64, len(head_classes(*head))) for head in HEADS)
+        self.heads = nn.ModuleList(nn.Linear(128, len(head_classes(*head))) for head in HEADS)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         hidden = self.features(images)
