@@ -15,6 +15,7 @@ from harness.runner import RunFailed, run, selected_metrics
 from harness.testbeds import PROJECT_ROOT
 
 DEMO_METHODS = ["base", "merge", "switch", "composite", "w_switch", "w_composite"]
+DEMO_SETS_PER_N = 12
 
 
 def default_testbed() -> str:
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness demo", description=__doc__.splitlines()[0])
     parser.add_argument("--testbed", default=None, help="conf/testbed/<name>.yaml (default: toy if built, else tiny)")
     parser.add_argument("--methods", nargs="*", default=DEMO_METHODS)
+    parser.add_argument("--sets-per-n", type=int, default=DEMO_SETS_PER_N,
+                        help="evenly spaced sets per N (keeps the demo near 10 min on 2 CPU cores); 0 = every set")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. limit=10 output_dir=/tmp/demo")
     args = parser.parse_args(argv)
     testbed = args.testbed or default_testbed()
@@ -34,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for method in args.methods:
+            subset = [f"limit_per_n={args.sets_per_n}"] if args.sets_per_n else []
             cfg = compose("config", overrides=[f"testbed={testbed}", f"method={method}", "score=false",
-                                               "tables=false", *args.overrides])
+                                               "tables=false", *subset, *args.overrides])
             try:
                 run(cfg)
             except RunFailed as error:

@@ -65,8 +65,11 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: list[str] | None = None,
-                limit: int | None = None, shard: str = "0/1") -> list[CompositionSet]:
-    """Filters, then the limit, then this shard's share (every n-th set, so shards stay balanced by N)."""
+                limit: int | None = None, shard: str = "0/1", limit_per_n: int | None = None) -> list[CompositionSet]:
+    """Filters, then the limits, then this shard's share (every n-th set, so shards stay balanced by N).
+
+    ``limit_per_n`` keeps an evenly spaced subset of each N (a stratified sample that still spans every
+    character and category), the same subset on every machine."""
     if n:
         sets = [s for s in sets if s.n in set(n)]
     if ids:
@@ -74,6 +77,13 @@ def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: lis
         if unknown:
             raise ValueError(f"unknown set ids {sorted(unknown)}; list them with `python -m harness sets`")
         sets = [s for s in sets if s.id in set(ids)]
+    if limit_per_n is not None:
+        kept = []
+        for size in sorted({s.n for s in sets}):
+            of_size = [s for s in sets if s.n == size]
+            step = max(1, len(of_size) / int(limit_per_n))
+            kept += [of_size[int(i * step)] for i in range(min(int(limit_per_n), len(of_size)))]
+        sets = kept
     if limit is not None:
         sets = sets[: int(limit)]
     index, count = parse_shard(shard)
@@ -301,7 +311,7 @@ def run(cfg: Any) -> RunSummary:
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     name, label = method_cfg.pop("name"), method_cfg.pop("label", None)
     method = METHODS.get(name)(**method_cfg)
-    sets = select_sets(testbed.sets(), cfg.n, cfg.sets, cfg.limit, cfg.shard)
+    sets = select_sets(testbed.sets(), cfg.n, cfg.sets, cfg.limit, cfg.shard, cfg.get("limit_per_n"))
     seeds = list(cfg.seeds) if cfg.seeds is not None else testbed.seeds
     output_dir = Path(cfg.output_dir)
     runner = Runner(testbed, method, label or name, output_dir, cfg.device, cfg.dtype, cfg.batching, cfg.seed_mode,

@@ -135,3 +135,11 @@ def test_missing_base_model_error_names_path_and_fix(tmp_path):
 
     with pytest.raises(ModelLoadError, match=r"nowhere.*Fix: point `model.base`"):
         load_pipeline(tmp_path / "nowhere", device="cpu")
+
+
+def test_limit_per_n_is_an_even_stratified_subset(tiny_testbed_dir):
+    sets = tiny_testbed(tiny_testbed_dir, n=[2, 3]).sets()
+    chosen = select_sets(sets, limit_per_n=2)
+    assert [s.n for s in chosen] == [2, 2, 3, 3]
+    of_two = [s for s in sets if s.n == 2]
+    assert chosen[0] == of_two[0] and chosen[1] == of_two[len(of_two) // 2]
