@@ -32,11 +32,6 @@ VALIDITY_COLUMNS = ["metric", "sub_metric", "metric_key", "n_images", "spearman_
                     "kendall_tau", "kendall_p", "metric_ranking", "oracle_ranking"]
 
 
-def _names_a_lora(sub_metric: str, lora_ids: set[str]) -> bool:
-    tokens = sub_metric.replace("=", ":").split(":")
-    return any(token in lora_ids for token in tokens)
-
-
 def _ranking(means: pd.Series) -> str:
     """'a > b > c' by mean, best first; a constant column ranks nothing."""
     if means.nunique() <= 1:
@@ -49,6 +44,8 @@ def validity_table(results_dir: str | Path, oracle_metric: str = ORACLE_METRIC,
     """One row per metric column: agreement with the oracle per image (Spearman) and per method (Kendall)."""
     from scipy.stats import kendalltau, spearmanr
 
+    from harness.tables import is_pairwise_judge, lora_ids, names_a_lora
+
     scores = load_scores(results_dir)
     scores = scores[scores["status"].isin(VALUE_STATUSES) & scores["value"].notna()]
     oracle = scores[(scores["metric"] == oracle_metric) & (scores["sub_metric"] == oracle_sub_metric)]
@@ -58,12 +55,12 @@ def validity_table(results_dir: str | Path, oracle_metric: str = ORACLE_METRIC,
                          f"metric=[oracle]`.")
     oracle_key = oracle["metric_key"].value_counts().index[0]  # the oracle settings with the most rows
     oracle = oracle[oracle["metric_key"] == oracle_key][["image_key", "method_label", "value"]]
-    lora_ids = {lora["id"] for image in iter_images(results_dir) for lora in image.loras}
     rows = []
     others = scores[~scores["metric"].isin([ORACLE_METRIC, oracle_metric])]
+    # per-LoRA sub-metrics exist only for some sets, and judge pairwise rows compare two images: neither is a
+    # per-image score of the set, so neither is checked against the oracle here
+    others = others[~names_a_lora(others, lora_ids(iter_images(results_dir))) & ~is_pairwise_judge(others)]
     for (metric, metric_key, sub_metric), group in others.groupby(["metric", "metric_key", "sub_metric"], sort=True):
-        if _names_a_lora(sub_metric, lora_ids):
-            continue
         per_image = group.groupby(["image_key", "method_label"], as_index=False)["value"].mean()
         paired = per_image.merge(oracle, on=["image_key", "method_label"], suffixes=("", "_oracle"))
         row = {"metric": metric, "sub_metric": sub_metric, "metric_key": metric_key, "n_images": len(paired),
