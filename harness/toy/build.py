@@ -30,7 +30,7 @@ DEFAULT_OUT = Path("testbed/toy")
 class Budget:
     pool: int = 8192
     vae_steps: int = 500
-    unet_steps: int = 1200
+    unet_steps: int = 2400
     unet_batch: int = 64
     oracle_steps: int = 1500
     lora_steps: int = 200
