@@ -22,6 +22,24 @@ def default_testbed() -> str:
     return "toy" if (PROJECT_ROOT / "testbed" / "toy" / "base" / "model_index.json").exists() else "tiny"
 
 
+HEADLINE_COLUMNS = ["oracle/all_present", "oracle/all_kept", "clip_text", "arcface/mean", "arcface/face_detected",
+                    "image_ref/clip:mean", "image_ref/dino:mean"]
+
+
+def headline(leaderboard: Path) -> str:
+    """The leaderboard's "all" rows, a few headline columns as 'mean [95% CI]' (the CSV has every column)."""
+    import pandas as pd
+
+    table = pd.read_csv(leaderboard)
+    table = table[table["n"].astype(str) == "all"]
+    shown = {"method": table["method"]}
+    for column in HEADLINE_COLUMNS:
+        if f"{column}.mean" in table:
+            shown[column] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(m) else "missing" for m, lo, hi in
+                             zip(table[f"{column}.mean"], table[f"{column}.ci_low"], table[f"{column}.ci_high"])]
+    return f"leaderboard (all N; every column and N in {leaderboard}):\n" + pd.DataFrame(shown).to_string(index=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness demo", description=__doc__.splitlines()[0])
     parser.add_argument("--testbed", default=None, help="conf/testbed/<name>.yaml (default: toy if built, else tiny)")
@@ -54,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             refresh_tables(output_dir)
             leaderboard = output_dir / "leaderboard.csv"
             if leaderboard.exists():
-                import pandas as pd
-
-                table = pd.read_csv(leaderboard)
-                print(table[table["n"].astype(str) == "all"].to_string(index=False) if "n" in table else table.to_string())
+                print(headline(leaderboard))
     print(f"demo: {len(args.methods)} methods on {testbed} in {time.perf_counter() - started:.0f} s -> {output_dir}")
     for line in failed:
         print("failed:", line)
