@@ -90,6 +90,15 @@ def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: lis
     return sets[index::count]
 
 
+def local_or_hub(source: str | None) -> str | Path | None:
+    """A model path resolved like every testbed path (cwd, then project root); anything else (a hub id)
+    is passed on unchanged."""
+    from harness.testbeds import resolve_path
+
+    resolved = resolve_path(source)
+    return resolved if resolved is not None and resolved.exists() else source
+
+
 def library_versions() -> dict[str, str]:
     import diffusers
     import peft
@@ -141,12 +150,7 @@ class Runner:
     def model_identity(self) -> dict[str, str]:
         if self._model_identity is None:
             model = self.testbed.model
-            from harness.testbeds import resolve_path
-
-            base = resolve_path(model["base"]) if Path(str(resolve_path(model["base"]))).exists() else model["base"]
-            vae = model.get("vae")
-            vae = (resolve_path(vae) if vae and resolve_path(vae).exists() else vae)
-            self._model_identity = model_identity(base, vae)
+            self._model_identity = model_identity(local_or_hub(model["base"]), local_or_hub(model.get("vae")))
         return self._model_identity
 
     def sampler(self) -> Sampler:
