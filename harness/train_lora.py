@@ -29,6 +29,7 @@ from harness.training import TrainingInputError
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
 from harness.training.dataset import load_examples, open_rgb, resize_and_center_crop
 from harness.training.lora_file import adapter_config, save_lora_file
+from harness.training.losses import denoising_loss
 
 DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 DEFAULT_TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -79,6 +80,8 @@ def train_lora(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     flip: bool = False,
+    snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -87,7 +90,9 @@ def train_lora(
     ``alpha`` defaults to ``rank`` (scale 1). ``metadata`` (e.g. ``{"trigger": "zqx girl"}``) is stored in
     the file next to the training record. With ``checkpoint_dir`` and ``checkpoint_every > 0`` a checkpoint
     is written every that many steps; with ``resume`` a rerun continues from it. ``flip`` adds random
-    horizontal flips (off by default: identity LoRAs care about asymmetry). ``on_step(step, loss)`` is
+    horizontal flips (off by default: identity LoRAs care about asymmetry). ``snr_gamma`` turns on Min-SNR
+    loss weighting and ``noise_offset`` adds that much per-channel offset noise (both as in diffusers'
+    training scripts; use the base model's own training settings). ``on_step(step, loss)`` is
     called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
@@ -100,7 +105,7 @@ def train_lora(
         batch_size=batch_size, resolution=resolution, unet_target_modules=unet_target_modules,
         train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        device=device, progress=progress, flip=flip, on_step=on_step, single_file_config=single_file_config,
+        device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset, on_step=on_step, single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
 
@@ -125,6 +130,8 @@ def fit_lora(
     device: str = "auto",
     progress: bool = True,
     flip: bool = False,
+    snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -185,7 +192,7 @@ def fit_lora(
         "base": identity["base_hash"], "pixels": hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
         "captions": captions, "rank": rank, "alpha": alpha, "lr": learning_rate, "batch_size": batch_size,
         "resolution": resolution, "unet_targets": unet_targets, "text_targets": text_targets, "seed": seed,
-        "flip": flip,
+        "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset,
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -214,13 +221,14 @@ def fit_lora(
         latents = (mean + std * torch.randn(mean.shape, generator=generator).to(run_device))
         latents = latents * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(run_device)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn(*latents.shape[:2], 1, 1, generator=generator).to(run_device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
                                   generator=generator).to(run_device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
         prediction = unet(noisy, timesteps, text_states).sample
-        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
@@ -244,7 +252,8 @@ def fit_lora(
         "base_model": identity, "rank": rank, "alpha": alpha, "steps": steps, "learning_rate": learning_rate,
         "batch_size": batch_size, "resolution": resolution, "unet_target_modules": unet_targets,
         "train_text_encoder": train_text_encoder, "text_encoder_target_modules": text_targets, "seed": seed,
-        "flip": flip, "prediction_type": prediction_type, "num_images": len(examples),
+        "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "prediction_type": prediction_type,
+        "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
         # mean loss of the last tenth of training: noisy (random timesteps) but comparable between runs
         "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
@@ -346,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-encoder-targets", nargs="+", default=None,
                         help=f"text-encoder modules (default {' '.join(DEFAULT_TEXT_ENCODER_TARGETS)})")
     parser.add_argument("--flip", action="store_true", help="random horizontal flips (off: keeps asymmetry)")
+    parser.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR loss weighting (e.g. 5)")
+    parser.add_argument("--noise-offset", type=float, default=0.0, help="per-channel offset noise (e.g. 0.1)")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -372,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             text_encoder_target_modules=args.text_encoder_targets, seed=args.seed,
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
+            snr_gamma=args.snr_gamma, noise_offset=args.noise_offset,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

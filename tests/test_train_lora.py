@@ -255,3 +255,18 @@ def test_cli_trains_and_records_the_trigger(tiny_base, tmp_path, capsys):
     assert metadata["trigger"] == "zqx toy"
     assert json.loads(metadata["captions"]) == ["zqx toy", "zqx toy, a red square"]
     assert int(metadata["rank"]) == 2 and int(metadata["steps"]) == 2
+
+
+def test_cli_min_snr_and_noise_offset_are_used_and_recorded(tiny_base, tmp_path, capsys):
+    images = _write_images(tmp_path / "images")
+    outputs = {}
+    for name, extra in (("plain", []), ("weighted", ["--snr-gamma", "5", "--noise-offset", "0.1"])):
+        outputs[name] = tmp_path / f"{name}.safetensors"
+        code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out",
+                     str(outputs[name]), "--steps", "2", "--rank", "2", "--resolution", "32", "--batch-size", "2",
+                     "--device", "cpu", "--no-progress", *extra])
+        assert code == 0, capsys.readouterr().err
+    plain, weighted = (read_lora_metadata(outputs[name]) for name in ("plain", "weighted"))
+    assert json.loads(weighted["snr_gamma"]) == 5.0 and json.loads(weighted["noise_offset"]) == 0.1
+    assert json.loads(plain["snr_gamma"]) is None and json.loads(plain["noise_offset"]) == 0.0
+    assert weighted["final_loss"] != plain["final_loss"]  # the options change the training

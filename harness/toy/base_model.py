@@ -126,20 +126,31 @@ def encode_captions(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int = 64, lr: float = 1e-3,
                seed: int = 0, drop_slot: float = 0.25, drop_caption: float = 0.1,
+               snr_gamma: float | None = None, ema: bool = False, noise_offset: float = 0.0,
+               schedule: dict | None = None,
                log: Callable[[str], None] = print,
                on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
                ) -> tuple[Any, Any]:
-    """Train UNet + text encoder jointly (epsilon prediction, SD1.5 noise schedule).
+    """Train UNet + text encoder jointly (SD1.5 noise schedule and epsilon prediction unless ``schedule``, a
+    DDPMScheduler config, says otherwise).
+
+    ``snr_gamma``: Min-SNR loss weighting (``harness.training.losses``). ``noise_offset``: per-channel offset
+    noise, which hides the image's mean colour from the model at high noise (see ``harness.toy.build``).
+    ``ema`` returns an exponential moving average of the weights (diffusers' EMAModel with warm-up), the usual
+    way to get clean samples from a short, high-learning-rate run; snapshots hold the raw weights.
 
     ``on_snapshot(step, unet, text_encoder)`` is called every ``snapshot_every`` steps (e.g. to save a
     provisional pipeline that LoRA settings can be tried on while training goes on).
     """
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    from harness.training.losses import denoising_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     unet, text_encoder = build_unet(), build_text_encoder(len(tokenizer), tokenizer)
-    noise_scheduler = DDPMScheduler(**SD15_SCHEDULE)
+    noise_scheduler = DDPMScheduler(**(schedule or SD15_SCHEDULE))
     with torch.no_grad():  # the pool's latent posteriors, computed once
         moments = [vae.encode(chunk).latent_dist for chunk in pool.images.split(256)]
         means = torch.cat([m.mean for m in moments])
@@ -147,6 +158,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     scale = vae.config.scaling_factor
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    average = EMAModel(params, decay=0.9999, use_ema_warmup=True) if ema else None
     unet.train()
     text_encoder.train()
     start = time.time()
@@ -159,27 +171,37 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
                     for i in index.tolist()]
         hidden = text_encoder(encode_captions(tokenizer, captions))[0]
         noise = torch.randn_like(latents)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn(batch_size, latents.shape[1], 1, 1)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,))
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if average is not None:
+            average.step(params)
         if on_snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
             on_snapshot(step + 1, unet.eval(), text_encoder.eval())
             unet.train()
             text_encoder.train()
         if step % max(1, steps // 20) == 0 or step == steps - 1:
             log(f"  unet step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+    if average is not None:
+        average.copy_to(params)
     return unet.eval(), text_encoder.eval()
 
 
-def save_pipeline(folder: str | Path, vae: Any, unet: Any, text_encoder: Any, tokenizer: Any) -> Path:
+def save_pipeline(folder: str | Path, vae: Any, unet: Any, text_encoder: Any, tokenizer: Any,
+                  schedule: dict | None = None) -> Path:
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    scheduler = DPMSolverMultistepScheduler(**SD15_SCHEDULE, steps_offset=1, algorithm_type="dpmsolver++")
+    if schedule is None:
+        scheduler = DPMSolverMultistepScheduler(**SD15_SCHEDULE, steps_offset=1, algorithm_type="dpmsolver++")
+    else:  # e.g. zero terminal SNR: sampling must start at the last training step ("trailing")
+        scheduler = DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", timestep_spacing="trailing")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

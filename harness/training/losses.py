@@ -1,0 +1,28 @@
+"""The denoising loss shared by base-model and LoRA training (as in diffusers' ``train_text_to_image.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def denoising_loss(noise_scheduler: Any, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
+    """MSE between the UNet's ``prediction`` and its target: the noise, or v when the scheduler says so.
+
+    With ``snr_gamma`` each sample is weighted by Min-SNR (Hang et al. 2023): min(SNR, gamma) / SNR for
+    epsilon, min(SNR, gamma) / (SNR + 1) for v. The many easy low-noise steps then count less, and the budget
+    goes to the high-noise steps where the caption decides colours and shapes.
+    """
+    from diffusers.training_utils import compute_snr
+
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v_prediction else snr)
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, prediction.ndim)))
+    return (per_sample * weights).mean()
