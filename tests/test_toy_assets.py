@@ -62,12 +62,7 @@ def test_references_exist_for_every_concept():
         assert files and Image.open(files[0]).size == (world.SIZE, world.SIZE)
 
 
-OBJECT_KNOWN_WEAK = pytest.mark.xfail(strict=True, reason="known weakness: the oracle reads the 7x7 object icon "
-                                      "right ~0.85 of the time on clean renders (README, Toy-world testbed)")
-
-
-@pytest.mark.parametrize("category", [c if c != "object" else pytest.param(c, marks=OBJECT_KNOWN_WEAK)
-                                      for c in world.CATEGORIES])
+@pytest.mark.parametrize("category", world.CATEGORIES)
 def test_oracle_recognises_clean_renders(oracle, category):
     from harness.toy.oracle import sample_any_spec
 

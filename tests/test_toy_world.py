@@ -103,3 +103,33 @@ def test_toy_tokenizer_has_one_token_per_word(tmp_path):
 def test_variant_labels(category):
     for variant in world.generic_variants(category):
         assert world.variant_label(category, variant).startswith("generic:")
+
+
+def test_oracle_augmentation_keeps_range_and_changes_pixels():
+    import torch
+
+    from harness.toy.base_model import to_model_range
+    from harness.toy.oracle import augment
+
+    rng = np.random.default_rng(0)
+    images = to_model_range(np.stack([world.render(world.sample_generic_spec(rng), rng) for _ in range(8)]))
+    augmented = augment(images, torch.Generator().manual_seed(0))
+    assert augmented.shape == images.shape and augmented.min() >= -1 and augmented.max() <= 1
+    assert 0.01 < (augmented - images).abs().mean() < 0.2  # changed, but the scene is still the scene
+    again = augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(augmented, again)
+
+
+def test_oracle_from_another_version_is_refused_with_the_fix(tmp_path):
+    import json
+
+    from harness.toy.oracle import HEADS, Oracle, SlotNet, head_classes, save_oracles
+
+    save_oracles([SlotNet()], tmp_path)
+    assert len(Oracle.load(tmp_path).members) == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("version")  # what a version-1 oracle (whole-image branch only) wrote
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--phases oracle --force"):
+        Oracle.load(tmp_path)
+    assert config["heads"] == [[c, i, list(head_classes(c, i))] for c, i in HEADS]

@@ -78,7 +78,8 @@ def build_unet() -> Any:
     )
 
 
-def _lr_at(step: int, steps: int, peak: float, warmup: int = 50) -> float:
+def warmup_cosine_lr(step: int, steps: int, peak: float, warmup: int = 50) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to a tenth of it."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
@@ -95,7 +96,7 @@ def train_vae(pool: Pool, steps: int, batch_size: int = 32, lr: float = 2e-3, se
     start = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
+            group["lr"] = warmup_cosine_lr(step, steps, lr)
         batch = pool.images[torch.randint(len(pool.images), (batch_size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -164,7 +165,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     start = time.time()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
+            group["lr"] = warmup_cosine_lr(step, steps, lr)
         index = torch.from_numpy(rng.integers(len(pool.specs), size=batch_size))
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
         captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot)

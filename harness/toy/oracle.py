@@ -2,7 +2,9 @@
 
 Small CNNs with one softmax head per slot attribute (character colour, character shape, clothing ink, ...),
 trained on procedural renders of every attribute combination (held-back ones included), half of them passed
-through the base model's VAE so they look like generated images. Two are trained from different seeds;
+through the base model's VAE and all randomly blurred, colour-shifted and noised (``augment``) so they look
+like generated images. The object heads also read a full-resolution crop around the 7x7 icon. Two are
+trained from different seeds;
 ``Oracle`` averages their probabilities and ``member_predictions`` lets a benchmark report how often they
 agree. A slot's answer is a concept id (e.g. ``character_1``) or ``generic:<a>-<b>``; its confidence is the
 product of its two attribute probabilities.
@@ -31,22 +33,57 @@ def head_classes(category: str, index: int) -> tuple[str, ...]:
     return world.SLOT_ATTRIBUTES[category][index]
 
 
+# Where the object icon can be (world.render: centre (6, 25) +-1 px, 7 px wide): the object heads also read
+# this crop at full resolution, since the whole-image branch sees the icon as ~2x2 cells and confuses shapes.
+OBJECT_CROP = (slice(0, 14), slice(18, 32))
+ORACLE_VERSION = 2
+
+
+def _small_cnn(size: int, width: int, out: int) -> nn.Sequential:
+    """Three 3x3 convolutions (two stride-2) and a linear layer: size x size image -> ``out`` features."""
+    reduced = -(-size // 4)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(width * reduced * reduced, out), nn.ReLU(),
+    )
+
+
 class SlotNet(nn.Module):
-    """32x32 image -> logits for every slot attribute (position-aware: slots sit at fixed places)."""
+    """32x32 image -> logits for every slot attribute (position-aware: slots sit at fixed places).
+
+    A whole-image branch feeds every head; the object heads also get a branch on the object's crop.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * 8 * 8, 128), nn.ReLU(),
-        )
-        self.heads = nn.ModuleList(nn.Linear(128, len(head_classes(*head))) for head in HEADS)
+        self.features = _small_cnn(world.SIZE, 32, 128)
+        self.object_features = _small_cnn(OBJECT_CROP[0].stop - OBJECT_CROP[0].start, 32, 64)
+        self.heads = nn.ModuleList(nn.Linear(128 + 64 * (head[0] == "object"), len(head_classes(*head)))
+                                   for head in HEADS)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         hidden = self.features(images)
-        return [head(hidden) for head in self.heads]
+        with_object = torch.cat([hidden, self.object_features(images[:, :, OBJECT_CROP[0], OBJECT_CROP[1]])], 1)
+        return [head(with_object if category == "object" else hidden)
+                for head, (category, _) in zip(self.heads, HEADS)]
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Make renders look like decoded samples: random blur (sampled images are softer than renders), a small
+    per-image colour shift and pixel noise. Labels are unchanged by all three."""
+    count = len(images)
+    sigma = torch.rand(count, generator=generator) * 0.9  # 0 (sharp) .. 0.9 px
+    offsets = torch.arange(-1, 2, dtype=torch.float32)
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, 3) separable 1-D kernels
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    rows = sum(kernel[:, k, None, None, None] * padded[:, :, :, k:k + world.SIZE] for k in range(3))
+    blurred = sum(kernel[:, k, None, None, None] * rows[:, :, k:k + world.SIZE, :] for k in range(3))
+    shift = 0.06 * torch.randn(count, 3, 1, 1, generator=generator)
+    noise = 0.04 * torch.randn(images.shape, generator=generator)
+    return (blurred + shift + noise).clamp(-1, 1)
 
 
 def sample_any_spec(rng: np.random.Generator) -> world.SceneSpec:
@@ -65,20 +102,23 @@ def _targets(specs: Sequence[world.SceneSpec]) -> list[torch.Tensor]:
 
 def train_oracle(steps: int, seed: int, vae: Any = None, batch_size: int = 64, lr: float = 2e-3,
                  log: Callable[[str], None] = print) -> SlotNet:
-    from harness.toy.base_model import to_model_range, vae_roundtrip
+    from harness.toy.base_model import to_model_range, vae_roundtrip, warmup_cosine_lr
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     model = SlotNet()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     start = time.time()
     for step in range(steps):
+        for group in optimizer.param_groups:  # warm-up then cosine decay: the last steps refine small shapes
+            group["lr"] = warmup_cosine_lr(step, steps, lr)
         specs = [sample_any_spec(rng) for _ in range(batch_size)]
         images = to_model_range(np.stack([world.render(spec, rng) for spec in specs]))
         if vae is not None:  # half the batch looks like the base model's decoded output
             half = batch_size // 2
             images[:half] = vae_roundtrip(vae, images[:half])
-        images = images + 0.04 * torch.randn_like(images)
+        images = augment(images, generator)
         losses = [F.cross_entropy(logits, target) for logits, target in zip(model(images), _targets(specs))]
         # ink is meaningless on plain clothing: it still trains (harmless), predictions ignore it
         loss = torch.stack(losses).sum()
@@ -104,7 +144,7 @@ def save_oracles(models: list[SlotNet], folder: str | Path) -> None:
         atomic_write(folder / name, lambda tmp, state=state: save_file(state, str(tmp)))
         names.append(name)
     atomic_write_json(folder / "config.json", {
-        "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS], "size": world.SIZE})
+        "version": ORACLE_VERSION, "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS], "size": world.SIZE})
 
 
 @dataclass
@@ -131,7 +171,8 @@ class Oracle:
                 f"No toy oracle at {str(folder)!r} (config.json missing). Fix: build the toy testbed with "
                 f"`python -m harness testbed build toy` or pass the folder that holds oracle/config.json.")
         config = json.loads(config_path.read_text())
-        if [[c, i, list(head_classes(c, i))] for c, i in HEADS] != config["heads"]:
+        if (config.get("version", 1) != ORACLE_VERSION
+                or [[c, i, list(head_classes(c, i))] for c, i in HEADS] != config["heads"]):
             raise ValueError(f"The oracle in {str(folder)!r} was trained for another version of the toy world; "
                              f"rebuild it with `python -m harness testbed build toy --phases oracle --force`.")
         members = []
