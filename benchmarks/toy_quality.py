@@ -5,6 +5,8 @@
 3. Each LoRA alone (prompt = base prompt + its triggers + random generic phrases for the other four
    slots): concept present (target >= 0.8), other prompted slots kept (target >= 0.7); and the same
    prompt without the LoRA (how often the base draws the concept unaided).
+4. With ``--results DIR`` (a scored run, e.g. results/toy from ``make demo``): the pairs of composition
+   methods whose 95 % CIs do not overlap at N=3..5 in DIR/leaderboard_long.csv (target: at least one).
 Sampler settings come from conf/testbed/toy.yaml unless overridden.
 """
 
@@ -61,6 +63,33 @@ def agreement(oracle: Oracle, images: np.ndarray) -> float:
     return float(np.mean(same))
 
 
+SEPARATION_COLUMNS = ("oracle/all_present", "oracle/all_kept", "clip_text", "image_ref/dino:mean",
+                      "image_ref/clip:mean", "arcface/mean")
+
+
+def separations(results: Path) -> list[dict]:
+    """Pairs of composition methods (not ``base``) whose CIs do not overlap, per N in 3..5 and column."""
+    import pandas as pd
+
+    table = pd.read_csv(results / "leaderboard_long.csv", dtype={"n": str})
+    table = table[table["n"].isin(["3", "4", "5"]) & table["column"].isin(SEPARATION_COLUMNS)
+                  & (table["method"] != "base")]
+    found = []
+    for (n, column), group in table.groupby(["n", "column"]):
+        rows = group.sort_values("mean", ascending=False).to_dict("records")
+        for i, high in enumerate(rows):
+            for low in rows[i + 1:]:
+                if high["ci_low"] > low["ci_high"]:
+                    found.append({"n": n, "column": column, "higher": high["method_label"], "lower": low["method_label"],
+                                  "higher_ci": [high["ci_low"], high["ci_high"]], "lower_ci": [low["ci_low"], low["ci_high"]]})
+    print(f"separations at N=3..5 in {results} (composition-method pairs whose 95% CIs do not overlap): "
+          f"{len(found)} (target >= 1) {'MET' if found else 'NOT MET'}")
+    for row in found:
+        print(f"  N={row['n']} {row['column']}: {row['higher']} [{row['higher_ci'][0]:.3f}, {row['higher_ci'][1]:.3f}]"
+              f" > {row['lower']} [{row['lower_ci'][0]:.3f}, {row['lower_ci'][1]:.3f}]")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testbed", default="conf/testbed/toy.yaml")
@@ -72,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-base", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=None, help="scored results folder: report separations")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from harness.models import load_pipeline
@@ -89,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"toy quality: {args.images} images per measurement, {sampling}, LoRA scale {scale}")
 
+    if args.results is not None:
+        figures["separations"] = separations(args.results)
     figures["oracle"] = oracle_checks(oracle, pipe.vae, args.images * 4, seed=1)
     for name, accuracy in figures["oracle"].items():
         print(f"oracle accuracy on {name:5} renders: " + "  ".join(f"{c} {v:.3f}" for c, v in accuracy.items()))

@@ -1,0 +1,75 @@
+"""Pilot runs of the toy base model's training recipe: ``python benchmarks/toy_base_recipe.py``.
+
+Trains a short base model (UNet + text encoder, on the committed toy VAE) with the chosen loss options, then
+prints the oracle's per-slot accuracy on 64 images from generic captions (the measure of
+``benchmarks/toy_quality.py``). Used to pick ``harness.toy.build.BASE_TRAINING``; each run takes ~8 min at
+800 steps of batch 64 on one thread. Example (the README's pilot table):
+
+    python benchmarks/toy_base_recipe.py --steps 800 --batch 64                       # plain
+    python benchmarks/toy_base_recipe.py --steps 800 --batch 64 --snr-gamma 5 --ema   # Min-SNR + EMA
+    python benchmarks/toy_base_recipe.py --steps 800 --batch 64 --snr-gamma 5 --ema --noise-offset 0.1
+    python benchmarks/toy_base_recipe.py --steps 1600 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import harness  # noqa: F401  (before diffusers)
+import numpy as np
+import torch
+
+from harness.toy import base_model, world
+from harness.toy.oracle import Oracle
+from harness.toy.tokenizer import build_toy_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_quality import generate  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbed", type=Path, default=Path("testbed/toy"))
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--snr-gamma", type=float, default=None)
+    parser.add_argument("--noise-offset", type=float, default=0.0)
+    parser.add_argument("--ema", action="store_true")
+    parser.add_argument("--zero-terminal-snr", action="store_true", help="rescaled betas + v-prediction")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from diffusers import AutoencoderKL
+
+    from harness.models import load_pipeline
+
+    schedule = (dict(base_model.SD15_SCHEDULE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
+                if args.zero_terminal_snr else None)
+    vae = AutoencoderKL.from_pretrained(args.testbed / "base" / "vae").eval()
+    tokenizer = build_toy_tokenizer(world.vocabulary())
+    unet, text_encoder = base_model.train_unet(
+        base_model.render_pool(8192, 0), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
+        snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule)
+    with tempfile.TemporaryDirectory() as folder:
+        base_model.save_pipeline(folder, vae, unet, text_encoder, tokenizer, schedule)
+        pipe = load_pipeline(folder, scheduler="dpmsolver++", device="cpu")
+        pipe.set_progress_bar_config(disable=True)
+        rng = np.random.default_rng(2)
+        specs = [world.sample_generic_spec(rng) for _ in range(args.images)]
+        images = generate(pipe, [world.caption(spec) for spec in specs], list(range(args.images)),
+                          dict(steps=20, guidance_scale=7.5, height=world.SIZE, width=world.SIZE))
+    predictions = Oracle.load(args.testbed / "oracle").predict(images)
+    per_slot = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
+                for c in world.CATEGORIES}
+    print(f"{vars(args)}\nper-slot accuracy: " + "  ".join(f"{c} {v:.3f}" for c, v in per_slot.items())
+          + f"  | mean {np.mean(list(per_slot.values())):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
