@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-offset", type=float, default=0.0)
     parser.add_argument("--ema", action="store_true")
     parser.add_argument("--zero-terminal-snr", action="store_true", help="rescaled betas + v-prediction")
+    parser.add_argument("--attention-16", action="store_true", help="cross-attention at the 16x16 level too")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_toy_tokenizer(world.vocabulary())
     unet, text_encoder = base_model.train_unet(
         base_model.render_pool(8192, 0), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
-        snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule)
+        snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule,
+        attention_at_16=args.attention_16)
     with tempfile.TemporaryDirectory() as folder:
         base_model.save_pipeline(folder, vae, unet, text_encoder, tokenizer, schedule)
         pipe = load_pipeline(folder, scheduler="dpmsolver++", device="cpu")

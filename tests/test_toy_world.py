@@ -133,3 +133,26 @@ def test_oracle_from_another_version_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="--phases oracle --force"):
         Oracle.load(tmp_path)
     assert config["heads"] == [[c, i, list(head_classes(c, i))] for c, i in HEADS]
+
+
+def test_base_training_options_each_change_the_trained_unet():
+    import torch
+
+    from harness.toy import base_model
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    torch.set_num_threads(1)
+    pool = base_model.render_pool(8, seed=0)
+    vae = base_model.build_vae().eval()
+    tokenizer = build_toy_tokenizer(world.vocabulary())
+    options = {"plain": {}, "again": {}, "ema": {"ema": True}, "offset": {"noise_offset": 0.1},
+               "min_snr": {"snr_gamma": 5.0}}
+    weights = {}
+    for name, extra in options.items():
+        unet, _ = base_model.train_unet(pool, vae, tokenizer, steps=2, batch_size=4, seed=0, log=lambda _: None, **extra)
+        weights[name] = unet.conv_in.weight.detach().clone()
+    assert torch.equal(weights["plain"], weights["again"])  # seeded: the differences below come from the options
+    for name in ("ema", "offset", "min_snr"):
+        assert not torch.equal(weights["plain"], weights[name]), name
+    assert base_model.build_unet(attention_at_16=True).down_blocks[0].attentions  # the pilot option really adds it
+    assert not hasattr(base_model.build_unet().down_blocks[0], "attentions")

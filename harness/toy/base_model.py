@@ -66,14 +66,16 @@ def build_vae() -> Any:
     )
 
 
-def build_unet() -> Any:
+def build_unet(attention_at_16: bool = False) -> Any:
+    """The toy UNet; ``attention_at_16`` adds cross-attention at the full 16x16 latent level too (pilots)."""
     from diffusers import UNet2DConditionModel
 
+    first_down, last_up = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if attention_at_16 else ("DownBlock2D", "UpBlock2D")
     return UNet2DConditionModel(
         sample_size=world.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=(first_down, "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", last_up),
         cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
     )
 
@@ -128,7 +130,7 @@ def encode_captions(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int = 64, lr: float = 1e-3,
                seed: int = 0, drop_slot: float = 0.25, drop_caption: float = 0.1,
                snr_gamma: float | None = None, ema: bool = False, noise_offset: float = 0.0,
-               schedule: dict | None = None,
+               schedule: dict | None = None, attention_at_16: bool = False,
                log: Callable[[str], None] = print,
                on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
                ) -> tuple[Any, Any]:
@@ -150,7 +152,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    unet, text_encoder = build_unet(), build_text_encoder(len(tokenizer), tokenizer)
+    unet, text_encoder = build_unet(attention_at_16), build_text_encoder(len(tokenizer), tokenizer)
     noise_scheduler = DDPMScheduler(**(schedule or SD15_SCHEDULE))
     with torch.no_grad():  # the pool's latent posteriors, computed once
         moments = [vae.encode(chunk).latent_dist for chunk in pool.images.split(256)]
