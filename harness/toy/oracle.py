@@ -144,7 +144,8 @@ def save_oracles(models: list[SlotNet], folder: str | Path) -> None:
         atomic_write(folder / name, lambda tmp, state=state: save_file(state, str(tmp)))
         names.append(name)
     atomic_write_json(folder / "config.json", {
-        "version": ORACLE_VERSION, "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS], "size": world.SIZE})
+        "version": ORACLE_VERSION, "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS],
+        "size": world.SIZE})
 
 
 @dataclass
@@ -173,7 +174,7 @@ class Oracle:
         config = json.loads(config_path.read_text())
         if (config.get("version", 1) != ORACLE_VERSION
                 or [[c, i, list(head_classes(c, i))] for c, i in HEADS] != config["heads"]):
-            raise ValueError(f"The oracle in {str(folder)!r} was trained for another version of the toy world; "
+            raise ValueError(f"The oracle in {str(folder)!r} was made for another version of the toy world or of the oracle; "
                              f"rebuild it with `python -m harness testbed build toy --phases oracle --force`.")
         members = []
         for name in config["members"]:
