@@ -71,7 +71,10 @@ def separations(results: Path) -> list[dict]:
     """Pairs of composition methods (not ``base``) whose CIs do not overlap, per N in 3..5 and column."""
     import pandas as pd
 
-    table = pd.read_csv(results / "leaderboard_long.csv", dtype={"n": str})
+    path = results / "leaderboard_long.csv"
+    if not path.exists():
+        raise SystemExit(f"error: no {path}. Fix: pass a scored results folder (`make demo` writes results/toy).")
+    table = pd.read_csv(path, dtype={"n": str})
     table = table[table["n"].isin(["3", "4", "5"]) & table["column"].isin(SEPARATION_COLUMNS)
                   & (table["method"] != "base")]
     found = []
@@ -80,8 +83,9 @@ def separations(results: Path) -> list[dict]:
         for i, high in enumerate(rows):
             for low in rows[i + 1:]:
                 if high["ci_low"] > low["ci_high"]:
-                    found.append({"n": n, "column": column, "higher": high["method_label"], "lower": low["method_label"],
-                                  "higher_ci": [high["ci_low"], high["ci_high"]], "lower_ci": [low["ci_low"], low["ci_high"]]})
+                    found.append({"n": n, "column": column,
+                                  "higher": high["method_label"], "higher_ci": [high["ci_low"], high["ci_high"]],
+                                  "lower": low["method_label"], "lower_ci": [low["ci_low"], low["ci_high"]]})
     print(f"separations at N=3..5 in {results} (composition-method pairs whose 95% CIs do not overlap): "
           f"{len(found)} (target >= 1) {'MET' if found else 'NOT MET'}")
     for row in found:

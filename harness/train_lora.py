@@ -105,7 +105,8 @@ def train_lora(
         batch_size=batch_size, resolution=resolution, unet_target_modules=unet_target_modules,
         train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset, on_step=on_step, single_file_config=single_file_config,
+        device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
+        on_step=on_step, single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
 
@@ -146,7 +147,8 @@ def fit_lora(
     alpha = float(rank if alpha is None else alpha)
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
     text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
-    _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every)
+    _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
+                    noise_offset)
 
     pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
     captions = [caption for _, caption in examples]
@@ -192,7 +194,10 @@ def fit_lora(
         "base": identity["base_hash"], "pixels": hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
         "captions": captions, "rank": rank, "alpha": alpha, "lr": learning_rate, "batch_size": batch_size,
         "resolution": resolution, "unet_targets": unet_targets, "text_targets": text_targets, "seed": seed,
-        "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset,
+        "flip": flip,
+        # only when used, so checkpoints written before these options existed still resume
+        **({"snr_gamma": snr_gamma} if snr_gamma is not None else {}),
+        **({"noise_offset": noise_offset} if noise_offset else {}),
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -308,7 +313,8 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _check_settings(examples: list, rank: int, steps: int, batch_size: int, resolution: int,
-                    checkpoint_dir: Any, checkpoint_every: int) -> None:
+                    checkpoint_dir: Any, checkpoint_every: int, snr_gamma: float | None = None,
+                    noise_offset: float = 0.0) -> None:
     problems = []
     if not examples:
         problems.append("no training examples were given (pass at least one (image, caption) pair)")
@@ -322,6 +328,10 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
         problems.append(f"resolution must be a positive multiple of 8 (got {resolution})")
     if checkpoint_every < 0 or (checkpoint_every and not checkpoint_dir):
         problems.append("checkpoint_every needs a checkpoint_dir and must be >= 0")
+    if snr_gamma is not None and not snr_gamma > 0:
+        problems.append(f"snr_gamma must be > 0 (got {snr_gamma}; 5 is usual, leave it unset to turn Min-SNR off)")
+    if not noise_offset >= 0:
+        problems.append(f"noise_offset must be >= 0 (got {noise_offset}; 0.1 is usual)")
     if problems:
         raise TrainingInputError("Cannot train the LoRA: " + "; ".join(problems) + ". Fix: correct those settings.")
 

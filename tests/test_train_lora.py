@@ -270,3 +270,15 @@ def test_cli_min_snr_and_noise_offset_are_used_and_recorded(tiny_base, tmp_path,
     assert json.loads(weighted["snr_gamma"]) == 5.0 and json.loads(weighted["noise_offset"]) == 0.1
     assert json.loads(plain["snr_gamma"]) is None and json.loads(plain["noise_offset"]) == 0.0
     assert weighted["final_loss"] != plain["final_loss"]  # the options change the training
+
+
+@pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1")])
+def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tmp_path, capsys):
+    images = _write_images(tmp_path / "images")
+    code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out",
+                 str(tmp_path / "out.safetensors"), "--steps", "1", "--resolution", "32", "--device", "cpu",
+                 "--no-progress", setting, value])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error and "Fix" in error
+    assert setting.lstrip("-").replace("-", "_") in error
+    assert not (tmp_path / "out.safetensors").exists()

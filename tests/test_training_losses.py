@@ -46,3 +46,11 @@ def test_min_snr_weights_down_weight_low_noise_steps(prediction_type):
     assert expected_weights.max() <= 1
     if prediction_type == "epsilon":  # t=5 (SNR ~ 1000) counts far less than t=990
         assert expected_weights[0] < 0.1 < expected_weights[-1] == 1
+
+
+def test_min_snr_epsilon_weight_is_finite_at_zero_terminal_snr():
+    prediction, latents, noise, _ = _batch()
+    scheduler = DDPMScheduler(**SD15, rescale_betas_zero_snr=True)
+    timesteps = torch.tensor([0, 300, 700, 999])  # t=999 has SNR 0 here
+    assert compute_snr(scheduler, timesteps)[-1] == 0
+    assert torch.isfinite(denoising_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma=5.0))

@@ -23,6 +23,10 @@ def denoising_loss(noise_scheduler: Any, prediction: torch.Tensor, latents: torc
     if snr_gamma is None:
         return F.mse_loss(prediction.float(), target.float())
     snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma) / (snr + 1 if v_prediction else snr)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, prediction.ndim)))
+    if v_prediction:
+        weights = torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    else:  # min(SNR, gamma) / SNR -> 1 as SNR -> 0 (a zero-terminal-SNR step must not divide by zero)
+        weights = torch.where(snr > 0, torch.clamp(snr, max=snr_gamma) / snr.clamp(min=1e-12), torch.ones_like(snr))
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = per_sample.mean(dim=tuple(range(1, prediction.ndim)))
     return (per_sample * weights).mean()
