@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness.__main__ import main
 from harness.toy import world
 
@@ -12,6 +14,7 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "lora_info.json").read_text()) == world.manifest()
     assert (tmp_path / "base" / "model_index.json").exists() and (tmp_path / "oracle" / "config.json").exists()
+    assert json.loads((tmp_path / "metric_models" / "manifest.json").read_text())["checks"]  # toy CLIP, face, DINOv2
     for concept in world.CONCEPTS:
         assert (tmp_path / "lora" / f"{concept.id}.safetensors").stat().st_size > 0
         assert list((tmp_path / "references" / concept.id).glob("*.png"))
@@ -19,3 +22,17 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     before = (tmp_path / "lora" / "character_1.safetensors").stat().st_mtime_ns
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "lora" / "character_1.safetensors").stat().st_mtime_ns == before
+    # --lora-shard 1/2 redoes only every second LoRA (the share --jobs 2 gives its second process)
+    stamps = {c.id: (tmp_path / "lora" / f"{c.id}.safetensors").stat().st_mtime_ns for c in world.CONCEPTS}
+    assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--phases", "lora", "--force",
+                 "--jobs", "1", "--lora-shard", "1/2"]) == 0
+    redone = {c.id for c in world.CONCEPTS if (tmp_path / "lora" / f"{c.id}.safetensors").stat().st_mtime_ns != stamps[c.id]}
+    assert redone == {c.id for number, c in enumerate(world.CONCEPTS) if number % 2 == 1}
+
+
+def test_a_failing_second_build_process_is_reported_with_the_fix(tmp_path, capfd):
+    # the oracle phase runs in the second process; without a VAE it stops with its own error
+    with pytest.raises(SystemExit, match="second build process \\(oracle\\) failed"):
+        main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--phases", "oracle"])
+    assert "Fix: build it first" in capfd.readouterr().err
+    assert not (tmp_path / "oracle").exists()

@@ -1,20 +1,24 @@
 """``python -m harness testbed build toy [--quick] [--out DIR] [--force]``: rebuild the toy testbed from seeds.
 
 Phases, each skipped when its output already exists (so an interrupted build resumes; ``--force`` redoes
-all): VAE -> ``.stage/vae``; two slot oracles (on VAE round-trips) -> ``oracle/``; tokenizer + UNet/text
-encoder (with the VAE) -> ``base/``; one LoRA per
-held-back concept with ``harness.train_lora`` -> ``lora/<id>.safetensors``; reference renders ->
-``references/<id>/``; the manifest ``lora_info.json``. Work is budgeted in steps, not seconds (the machine
-is shared and can stall); ``--quick`` uses tiny step counts to test the build path itself.
+them): VAE -> ``.stage/vae``; two slot oracles (on VAE round-trips) -> ``oracle/``; tokenizer + UNet/text
+encoder (with the VAE) -> ``base/``; one LoRA per held-back concept with ``harness.train_lora`` ->
+``lora/<id>.safetensors``; reference renders -> ``references/<id>/``; the manifest ``lora_info.json``; the toy
+metric models -> ``metrics/toy`` (``metrics_dir``). Work is budgeted in steps, not seconds (the machine is
+shared and can stall); ``--quick`` uses tiny step counts to test the build path itself. With ``--jobs 2`` (the
+default) the build uses two processes: the VAE alone, then the base model beside the oracle, references,
+manifest and metric models, then the LoRAs split in two.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,7 @@ DEFAULT_OUT = Path("testbed/toy")
 @dataclass(frozen=True)
 class Budget:
     pool: int = 8192
-    vae_steps: int = 500
+    vae_steps: int = 2000
     unet_steps: int = 3600
     unet_batch: int = 32
     oracle_steps: int = 3000
@@ -37,6 +41,7 @@ class Budget:
     lora_examples: int = 96
     lora_batch: int = 4
     references: int = 4
+    quick_metric_models: bool = False  # build_metric_models(quick=...)
 
 
 # How the base model is trained (harness.toy.base_model.train_unet). On 16x16 latents SD1.5's schedule leaks
@@ -48,7 +53,7 @@ BASE_TRAINING = dict(snr_gamma=5.0, noise_offset=0.1, ema=True)
 LORA_LOSS = dict(snr_gamma=BASE_TRAINING["snr_gamma"], noise_offset=BASE_TRAINING["noise_offset"])
 
 QUICK = Budget(pool=256, vae_steps=3, unet_steps=3, unet_batch=8, oracle_steps=3, lora_steps=2, lora_examples=8,
-               lora_batch=4, references=2)
+               lora_batch=4, references=2, quick_metric_models=True)
 SEED = 0
 
 
@@ -82,6 +87,9 @@ def _load_vae(out: Path):
     from diffusers import AutoencoderKL
 
     folder = out / "base" / "vae" if (out / "base" / "vae").exists() else _stage(out) / "vae"
+    if not (folder / "config.json").exists():
+        raise SystemExit(f"error: no trained VAE in {folder} (nor in {out / 'base' / 'vae'}). Fix: build it first: "
+                         f"`python -m harness testbed build toy --out {out} --phases vae`.")
     return AutoencoderKL.from_pretrained(folder).eval()
 
 
@@ -154,11 +162,15 @@ def lora_examples(concept_id: str, count: int, seed: int) -> list[tuple[Image.Im
     return examples
 
 
-def build_loras(out: Path, budget: Budget) -> None:
+def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> None:
+    """One LoRA per held-back concept; ``shard`` (index, count) trains only the concepts whose number % count
+    == index (two processes split the work)."""
     from harness.toy import world
     from harness.train_lora import train_lora
 
     for number, concept in enumerate(world.CONCEPTS):
+        if number % shard[1] != shard[0]:
+            continue
         target = out / "lora" / f"{concept.id}.safetensors"
         if target.exists():
             log(f"[lora] {target} exists, skipped")
@@ -188,6 +200,28 @@ def build_references(out: Path, budget: Budget) -> None:
     log(f"[references] {budget.references} per concept in {out / 'references'}")
 
 
+DEFAULT_METRICS_OUT = Path("metrics/toy")
+
+
+def metrics_dir(out: Path) -> Path:
+    """The toy metric models go to metrics/toy beside the default testbed, else into ``<out>/metric_models``."""
+    return DEFAULT_METRICS_OUT if out == DEFAULT_OUT else out / "metric_models"
+
+
+def build_metrics(out: Path, budget: Budget) -> None:
+    """The toy CLIP, face pack and DINOv2 (``harness.toy.metric_models``): trained on the world's renders, so
+    they are rebuilt with it."""
+    from harness.toy.metric_models import build_metric_models
+
+    target = metrics_dir(out)
+    if (target / "manifest.json").exists():
+        log(f"[metrics] {target} exists, skipped")
+        return
+    started = time.time()
+    build_metric_models(target, quick=budget.quick_metric_models, log=log)
+    log(f"[metrics] saved {target} ({time.time() - started:.0f}s)")
+
+
 def build_manifest(out: Path, budget: Budget) -> None:
     from harness.toy import world
 
@@ -196,7 +230,7 @@ def build_manifest(out: Path, budget: Budget) -> None:
 
 
 PHASES = {"vae": build_vae, "oracle": build_oracle, "base": build_base, "lora": build_loras, "references": build_references,
-          "manifest": build_manifest}
+          "manifest": build_manifest, "metrics": build_metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +242,18 @@ def main(argv: list[str] | None = None) -> int:
                         "with --quick a temporary folder)")
     parser.add_argument("--force", action="store_true", help="redo phases whose output exists")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {list(PHASES)}")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1 is fastest on a shared CPU)")
+    parser.add_argument("--jobs", type=int, default=2, choices=[1, 2],
+                        help="processes (2: oracle, references, manifest and metric models beside the base model, then the LoRAs "
+                        "split in two)")
+    parser.add_argument("--lora-shard", default="0/1", help="I/N: train only LoRAs whose number %% N == I "
+                        "(what --jobs 2 gives its second process)")
     args = parser.parse_args(argv)
+    phases = args.phases.split(",")
+    for name in phases:
+        if name not in PHASES:
+            parser.error(f"unknown phase {name!r}; choose from {list(PHASES)}")
+    shard = tuple(int(part) for part in args.lora_shard.split("/"))
     import harness  # noqa: F401
     import torch
 
@@ -219,18 +263,68 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log(f"building toy testbed into {out} ({'quick' if args.quick else 'full'}: {budget})")
     started = time.time()
-    for name in args.phases.split(","):
-        if name not in PHASES:
-            parser.error(f"unknown phase {name!r}; choose from {list(PHASES)}")
-        if args.force:
-            _clear_phase(out, name)
-        PHASES[name](out, budget)
+
+    def run(name: str, lora_shard: tuple[int, int] = shard) -> None:
+        if name in phases:
+            if args.force:
+                _clear_phase(out, name, lora_shard)
+            if name == "lora":
+                build_loras(out, budget, lora_shard)
+            else:
+                PHASES[name](out, budget)
+
+    if args.jobs == 1:
+        for name in phases:
+            run(name)
+    else:  # the same phases in dependency order, on two processes
+        torch.set_num_threads(2 * args.threads)  # the VAE trains alone
+        run("vae")
+        torch.set_num_threads(args.threads)
+        with _second_process(args, out, [name for name in SIDE_PHASES if name in phases]):
+            run("base")
+        if "lora" in phases:
+            with _second_process(args, out, ["lora"], lora_shard="1/2"):
+                run("lora", (0, 2))
     log(f"done in {time.time() - started:.0f}s: {out}")
     return 0
 
 
-def _clear_phase(out: Path, name: str) -> None:
-    for path in {"vae": [".stage/vae"], "base": ["base"], "oracle": ["oracle"], "lora": ["lora"], "references": ["references"],
+# Phases that need only the VAE: they run in the second process while the base model trains.
+SIDE_PHASES = ("oracle", "references", "manifest", "metrics")
+
+
+@contextmanager
+def _second_process(args: argparse.Namespace, out: Path, phases: list[str], lora_shard: str = "0/1"):
+    """Run ``phases`` in a second build process while the body runs; both must succeed."""
+    if not phases:
+        yield
+        return
+    command = [sys.executable, "-m", "harness", "testbed", "build", "toy", "--out", str(out), "--jobs", "1",
+               "--phases", ",".join(phases), "--threads", str(args.threads), "--lora-shard", lora_shard]
+    command += ["--quick"] * args.quick + ["--force"] * args.force
+    log(f"[build] second process: {' '.join(command[1:])}")
+    helper = subprocess.Popen(command)
+    try:
+        yield
+    finally:
+        if helper.wait() != 0:  # finished phases are on disk; a rerun skips them
+            raise SystemExit(f"error: the second build process ({','.join(phases)}) failed with exit code "
+                             f"{helper.returncode}; its log is above. Fix: rerun the same command.")
+
+
+def _clear_phase(out: Path, name: str, lora_shard: tuple[int, int] = (0, 1)) -> None:
+    if name == "lora":  # only this process's share
+        from harness.toy import world
+
+        for number, concept in enumerate(world.CONCEPTS):
+            if number % lora_shard[1] == lora_shard[0]:
+                (out / "lora" / f"{concept.id}.safetensors").unlink(missing_ok=True)
+        return
+    if name == "metrics":
+        shutil.rmtree(metrics_dir(out), ignore_errors=True)
+        return
+    # the base folder embeds the VAE, so a new VAE makes it stale too
+    for path in {"vae": [".stage/vae", "base"], "base": ["base"], "oracle": ["oracle"], "references": ["references"],
                  "manifest": []}.get(name, []):
         shutil.rmtree(out / path, ignore_errors=True)
 
