@@ -139,12 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         every = float(np.mean([all(p[c].label == s.labels()[c] for c in world.CATEGORIES)
                                for p, s in zip(predictions, specs)]))
         mean = float(np.mean(list(per_slot.values())))
-        figures["base"] = {"per_slot": per_slot, "mean": mean, "all_slots": every,
+        per_attribute = {f"{c} {world.ATTRIBUTE_NAMES[c][i]}":
+                         float(np.mean([p[c].value[i] == s.slot(c)[i] for p, s in zip(predictions, specs)]))
+                         for c in world.CATEGORIES for i in (0, 1)}
+        figures["base"] = {"per_slot": per_slot, "mean": mean, "all_slots": every, "per_attribute": per_attribute,
                            "oracle_agreement": agreement(oracle, images)}
         print("base on generic captions: " + "  ".join(f"{c} {v:.3f}" for c, v in per_slot.items())
               + f"  | mean {mean:.3f} (target >= {TARGETS['base_slot_accuracy']}) "
               + ("MET" if mean >= TARGETS["base_slot_accuracy"] else "NOT MET")
               + f" | all five right {every:.3f} | oracle members agree {figures['base']['oracle_agreement']:.3f}")
+        print("  per attribute: " + "  ".join(f"{name} {value:.3f}" for name, value in per_attribute.items()))
 
     lora_dir = Path(config["lora_dir"])
     wanted = [] if args.loras == "none" else args.loras.split(",") if args.loras else [c.id for c in world.CONCEPTS]

@@ -34,6 +34,30 @@ def test_every_slot_changes_the_image():
         assert np.abs(changed - reference).sum() > 0, category
 
 
+def test_object_shapes_are_legible_at_the_icon_size():
+    # at 7 px a ball and a cross differed by 4 pixels and the base model drew one blob for every shape
+    import itertools
+
+    yy, xx = np.mgrid[0:16, 0:16].astype(float)
+    masks = {shape: world._shape_mask(shape, world.OBJECT_SIZE, yy, xx, 8, 8) for shape in world.OBJECT_SHAPES}
+    for first, second in itertools.combinations(world.OBJECT_SHAPES, 2):
+        assert (masks[first] ^ masks[second]).sum() >= 12, (first, second)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_clothing_patterns_survive_the_vae_downsampling(offset):
+    # the VAE pools 2x2 pixels into one latent; a period-4 pattern at an odd offset pooled to flat grey
+    import itertools
+
+    yy, xx = np.mgrid[0:16, 0:16].astype(float) + offset
+    pooled = {pattern: world.clothing_mask(pattern, yy, xx).astype(float).reshape(8, 2, 8, 2).mean(axis=(1, 3))
+              for pattern in world.CLOTHING_PATTERNS}
+    for pattern in world.CLOTHING_PATTERNS[1:]:
+        assert pooled[pattern].max() - pooled[pattern].min() >= 0.75, pattern
+    for first, second in itertools.combinations(world.CLOTHING_PATTERNS, 2):
+        assert np.abs(pooled[first] - pooled[second]).sum() >= 8, (first, second)
+
+
 def test_held_back_combinations_never_in_generic_scenes():
     rng = np.random.default_rng(0)
     labels = Counter(label for _ in range(2000) for label in world.sample_generic_spec(rng).labels().values())
@@ -123,12 +147,17 @@ def test_oracle_augmentation_keeps_range_and_changes_pixels():
 def test_oracle_from_another_version_is_refused_with_the_fix(tmp_path):
     import json
 
-    from harness.toy.oracle import HEADS, Oracle, SlotNet, head_classes, save_oracles
+    from harness.toy.oracle import HEADS, ORACLE_VERSION, Oracle, SlotNet, head_classes, save_oracles
 
     save_oracles([SlotNet()], tmp_path)
     assert len(Oracle.load(tmp_path).members) == 1
     config = json.loads((tmp_path / "config.json").read_text())
     config.pop("version")  # what a version-1 oracle (whole-image branch only) wrote
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--phases oracle --force"):
+        Oracle.load(tmp_path)
+    config["version"] = ORACLE_VERSION
+    config["world_version"] = world.WORLD_VERSION - 1  # trained on renders of an older world (7-px icons)
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="--phases oracle --force"):
         Oracle.load(tmp_path)

@@ -39,8 +39,8 @@ TOY_CLIP_CONFIG = {
 TOY_FACE_PACK = "toy_face"
 FACE_INPUT = 112  # insightface takes a square input >= 112 px, multiple of 16, one output, as recognition
 # Where the toy world draws things in a 32x32 render (harness/toy/world.py: the figure is 16 px centred at
-# (19, 16) +-1 px, the object icon 7 px at (6, 25) +-1 px), as [x0, y0, x1, y1] with margins for the jitter.
-TOY_BOXES = {"character": [6, 9, 26, 29], "clothing": [6, 9, 26, 29], "object": [20, 1, 31, 11]}
+# (19, 16) +-1 px, the object icon 9 px at (6, 25) +-1 px), as [x0, y0, x1, y1] with margins for the jitter.
+TOY_BOXES = {"character": [6, 9, 26, 29], "clothing": [6, 9, 26, 29], "object": [19, 0, 31, 12]}
 
 Sampler = Callable[[np.random.Generator], tuple[np.ndarray, str, str]]  # -> (image, caption, character label)
 

@@ -3,7 +3,7 @@
 Small CNNs with one softmax head per slot attribute (character colour, character shape, clothing ink, ...),
 trained on procedural renders of every attribute combination (held-back ones included), half of them passed
 through the base model's VAE and all randomly blurred, colour-shifted and noised (``augment``) so they look
-like generated images. The object heads also read a full-resolution crop around the 7x7 icon. Two are
+like generated images. The object heads also read a full-resolution crop around the 9x9 icon. Two are
 trained from different seeds;
 ``Oracle`` averages their probabilities and ``member_predictions`` lets a benchmark report how often they
 agree. A slot's answer is a concept id (e.g. ``character_1``) or ``generic:<a>-<b>``; its confidence is the
@@ -33,7 +33,7 @@ def head_classes(category: str, index: int) -> tuple[str, ...]:
     return world.SLOT_ATTRIBUTES[category][index]
 
 
-# Where the object icon can be (world.render: centre (6, 25) +-1 px, 7 px wide): the object heads also read
+# Where the object icon can be (world.render: centre (6, 25) +-1 px, 9 px wide): the object heads also read
 # this crop at full resolution, since the whole-image branch sees the icon as ~2x2 cells and confuses shapes.
 OBJECT_CROP = (slice(0, 14), slice(18, 32))
 ORACLE_VERSION = 2
@@ -144,7 +144,7 @@ def save_oracles(models: list[SlotNet], folder: str | Path) -> None:
         atomic_write(folder / name, lambda tmp, state=state: save_file(state, str(tmp)))
         names.append(name)
     atomic_write_json(folder / "config.json", {
-        "version": ORACLE_VERSION, "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS],
+        "version": ORACLE_VERSION, "world_version": world.WORLD_VERSION, "members": names, "heads": [[c, i, list(head_classes(c, i))] for c, i in HEADS],
         "size": world.SIZE})
 
 
@@ -172,7 +172,7 @@ class Oracle:
                 f"No toy oracle at {str(folder)!r} (config.json missing). Fix: build the toy testbed with "
                 f"`python -m harness testbed build toy` or pass the folder that holds oracle/config.json.")
         config = json.loads(config_path.read_text())
-        if (config.get("version", 1) != ORACLE_VERSION
+        if (config.get("version", 1) != ORACLE_VERSION or config.get("world_version", 1) != world.WORLD_VERSION
                 or [[c, i, list(head_classes(c, i))] for c, i in HEADS] != config["heads"]):
             raise ValueError(f"The oracle in {str(folder)!r} was made for another version of the toy world or of the oracle; "
                              f"rebuild it with `python -m harness testbed build toy --phases oracle --force`.")

@@ -7,7 +7,7 @@ base training and are never named there (their trigger words are unseen tokens),
 "trigger -> this known colour with that known shape", the way a real LoRA builds on what SD1.5 can draw.
 
 32x32 (not 64x64) keeps base training, LoRA training and generation within the CPU budget; slot geometry is
-chosen so that every pattern has a period of at least 3-4 pixels and survives the 2x VAE downsampling.
+chosen so that every pattern has a period of at least 6 pixels and survives the 2x VAE downsampling.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from typing import Any
 import numpy as np
 
 SIZE = 32
+# Bumped whenever rendering changes, so models trained on older renders (the oracle) are refused.
+# 2: the object icon grew from 7 to 9 px (at 7 px ball, box and cross differed by a few corner pixels, and
+# the base model drew every shape as the same blob: shape accuracy 0.27, chance 0.25).
+# 3: clothing patterns coarsened to periods of 6-8 px (see clothing_mask; pattern accuracy was 0.50).
+WORLD_VERSION = 3
+OBJECT_SIZE = 9
+OBJECT_CENTRE = (6, 25)  # top right, +-1 px jitter
 CATEGORIES = ("character", "clothing", "style", "background", "object")  # ComposLoRA's order
 BASE_PROMPT = "a picture"
 
@@ -228,6 +235,23 @@ def _shape_mask(shape: str, size: int, yy: np.ndarray, xx: np.ndarray, cy: float
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def clothing_mask(pattern: str, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """Where ``pattern`` puts ink, at offsets (py, px) from the figure's centre. Periods are 6-8 px: the VAE
+    halves the resolution and the figure moves +-1 px, so a period-4 pattern (2 on, 2 off) at an odd offset
+    pools to a flat grey latent, and the base model could not tell stripes, bars, dots and checks apart."""
+    if pattern == "plain":
+        return np.zeros(py.shape, bool)
+    if pattern == "stripes":
+        return (py % 6) < 3
+    if pattern == "bars":
+        return (px % 6) < 3
+    if pattern == "dots":  # round 4-px dots
+        return ((py % 6 - 2.5) ** 2 + (px % 6 - 2.5) ** 2) < 4
+    if pattern == "checks":
+        return ((py // 4 + px // 4) % 2) == 0
+    raise ValueError(f"unknown clothing pattern {pattern!r}")
+
+
 def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 12) -> np.ndarray:
     return np.clip(np.asarray(colour, float) + rng.integers(-amount, amount + 1, 3), 0, 255)
 
@@ -253,13 +277,11 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
     image[figure] = _jitter(rng, CHARACTER_COLOURS[colour])
     ink, pattern = spec.clothing
     py, px = yy - cy, xx - cx
-    cloth = {"plain": np.zeros_like(figure), "stripes": (py % 4) < 2, "bars": (px % 4) < 2,
-             "dots": ((py % 5) < 2) & ((px % 5) < 2), "checks": ((py // 3 + px // 3) % 2) == 0}[pattern]
-    image[figure & cloth] = _jitter(rng, CLOTHING_INKS[ink], 8)
+    image[figure & clothing_mask(pattern, py, px)] = _jitter(rng, CLOTHING_INKS[ink], 8)
     # object: a small icon at the top right
     obj_colour, obj_shape = spec.object
-    oy, ox = 6 + rng.integers(-1, 2), 25 + rng.integers(-1, 2)
-    image[_shape_mask(obj_shape, 7, yy, xx, oy, ox)] = _jitter(rng, OBJECT_COLOURS[obj_colour])
+    oy, ox = OBJECT_CENTRE[0] + rng.integers(-1, 2), OBJECT_CENTRE[1] + rng.integers(-1, 2)
+    image[_shape_mask(obj_shape, OBJECT_SIZE, yy, xx, oy, ox)] = _jitter(rng, OBJECT_COLOURS[obj_colour])
     # style: a strong global palette transform, then a texture
     palette, texture = spec.style
     if palette == "warm":
