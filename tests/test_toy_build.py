@@ -36,3 +36,11 @@ def test_a_failing_second_build_process_is_reported_with_the_fix(tmp_path, capfd
         main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--phases", "oracle"])
     assert "Fix: build it first" in capfd.readouterr().err
     assert not (tmp_path / "oracle").exists()
+
+
+@pytest.mark.parametrize("shard", ["x", "2/2", "1/2/3"])
+def test_a_malformed_lora_shard_is_refused_with_the_expected_form(tmp_path, capsys, shard):
+    with pytest.raises(SystemExit) as stop:
+        main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--lora-shard", shard])
+    assert stop.value.code == 2 and "expected I/N" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

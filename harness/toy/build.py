@@ -253,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in phases:
         if name not in PHASES:
             parser.error(f"unknown phase {name!r}; choose from {list(PHASES)}")
-    shard = tuple(int(part) for part in args.lora_shard.split("/"))
+    try:
+        shard = tuple(int(part) for part in args.lora_shard.split("/"))
+        if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--lora-shard {args.lora_shard!r}: expected I/N with 0 <= I < N, e.g. 1/2")
     import harness  # noqa: F401
     import torch
 
