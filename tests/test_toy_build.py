@@ -44,3 +44,27 @@ def test_a_malformed_lora_shard_is_refused_with_the_expected_form(tmp_path, caps
         main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--lora-shard", shard])
     assert stop.value.code == 2 and "expected I/N" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_base_model_takes_the_free_core_once_the_second_process_ends(monkeypatch):
+    import torch
+
+    from harness.toy.build import take_free_core
+
+    class FakeProcess:
+        returncode = None
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: calls[-1] if calls else 1)
+    calls: list[int] = []
+    helper = FakeProcess()
+    on_step = take_free_core(helper, threads=2)
+    on_step(1)
+    assert calls == []  # the second process still runs: keep one thread
+    helper.returncode = 0
+    on_step(2)
+    on_step(3)
+    assert calls == [2]  # switched once

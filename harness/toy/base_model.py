@@ -133,6 +133,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
                schedule: dict | None = None, attention_at_16: bool = False,
                log: Callable[[str], None] = print,
                on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
+               on_step: Callable[[int], None] | None = None,
                ) -> tuple[Any, Any]:
     """Train UNet + text encoder jointly (SD1.5 noise schedule and epsilon prediction unless ``schedule``, a
     DDPMScheduler config, says otherwise).
@@ -144,6 +145,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
 
     ``on_snapshot(step, unet, text_encoder)`` is called every ``snapshot_every`` steps (e.g. to save a
     provisional pipeline that LoRA settings can be tried on while training goes on).
+    ``on_step(step)`` is called after every step (the toy build uses it to take a core that became free).
     """
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
@@ -190,6 +192,8 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
             on_snapshot(step + 1, unet.eval(), text_encoder.eval())
             unet.train()
             text_encoder.train()
+        if on_step is not None:
+            on_step(step + 1)
         if step % max(1, steps // 20) == 0 or step == steps - 1:
             log(f"  unet step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
     if average is not None:
