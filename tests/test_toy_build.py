@@ -68,3 +68,23 @@ def test_the_base_model_takes_the_free_core_once_the_second_process_ends(monkeyp
     on_step(2)
     on_step(3)
     assert calls == [2]  # switched once
+
+
+def test_the_loras_train_on_one_thread_per_process_after_the_base_took_both_cores(tmp_path, monkeypatch):
+    import contextlib
+
+    import torch
+
+    from harness.toy import build
+
+    seen: list[int] = []
+    monkeypatch.setattr(build, "_second_process", lambda *args, **kwargs: contextlib.nullcontext(None))
+    monkeypatch.setattr(build, "build_base", lambda out, budget, on_step=None: on_step(1))  # no second process
+    monkeypatch.setattr(build, "build_loras", lambda out, budget, shard: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    try:
+        assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path), "--phases", "base,lora",
+                     "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]  # two threads here beside the second LoRA process would oversubscribe two cores

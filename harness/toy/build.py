@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         with _second_process(args, out, [name for name in SIDE_PHASES if name in phases]) as helper:
             run("base", on_step=take_free_core(helper, 2 * args.threads))
+        torch.set_num_threads(args.threads)  # the base model may have taken both cores; the LoRAs share them
         if "lora" in phases:
             with _second_process(args, out, ["lora"], lora_shard="1/2"):
                 run("lora", (0, 2))
