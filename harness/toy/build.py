@@ -167,7 +167,6 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
     """One LoRA per held-back concept; ``shard`` (index, count) trains only the concepts whose number % count
     == index (two processes split the work)."""
     from harness.toy import world
-    from harness.train_lora import train_lora
 
     for number, concept in enumerate(world.CONCEPTS):
         if number % shard[1] != shard[0]:
@@ -178,14 +177,26 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
             continue
         started = time.time()
         log(f"[lora] {concept.id} ({concept.name}), {budget.lora_steps} steps")
-        examples = lora_examples(concept.id, budget.lora_examples, seed=SEED + 1000 + number)
-        train_lora(out / "base", examples, target, rank=LORA_RANK, steps=budget.lora_steps,
-                   learning_rate=LORA_LEARNING_RATE, batch_size=budget.lora_batch, resolution=world.SIZE,
-                   unet_target_modules=LORA_UNET_TARGETS, train_text_encoder=True,
-                   text_encoder_target_modules=LORA_TEXT_TARGETS, seed=SEED + number, device="cpu",
-                   metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id}, progress=False,
-                   **LORA_LOSS)
+        train_concept_lora(out / "base", concept.id, target, steps=budget.lora_steps,
+                           examples=budget.lora_examples, batch_size=budget.lora_batch)
         log(f"[lora] saved {target} ({time.time() - started:.0f}s)")
+
+
+def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
+                       learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK) -> Path:
+    """Train the LoRA of one held-back concept on its renders (the recipe of the build; also used by
+    ``benchmarks/toy_lora_recipe.py`` to try other step counts, learning rates and ranks)."""
+    from harness.toy import world
+    from harness.train_lora import train_lora
+
+    number = [concept.id for concept in world.CONCEPTS].index(concept_id)
+    concept = world.CONCEPTS[number]
+    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number)
+    return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
+                      batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
+                      train_text_encoder=True, text_encoder_target_modules=LORA_TEXT_TARGETS, seed=SEED + number,
+                      device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
+                      progress=False, **LORA_LOSS)
 
 
 def build_references(out: Path, budget: Budget) -> None:

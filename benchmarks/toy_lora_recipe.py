@@ -1,0 +1,68 @@
+"""Try other training settings for some toy LoRAs: ``python benchmarks/toy_lora_recipe.py --loras style_2``.
+
+Retrains the listed LoRAs with the build's recipe (``harness.toy.build.train_concept_lora``) but the chosen
+steps / learning rate / rank, into a scratch copy of the testbed (the committed LoRAs are not touched), then
+measures them with ``benchmarks/toy_quality.py`` (concept present, other slots kept). Each LoRA takes
+~0.1 s per step on one thread. Examples (the README's "weak LoRAs vs training" row):
+
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --steps 800
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --lr 4e-3
+    python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import harness  # noqa: F401  (before diffusers)
+from omegaconf import OmegaConf
+
+from harness.toy import build, world
+
+sys.path.insert(0, str(Path(__file__).parent))
+import toy_quality  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loras", required=True, help="comma list of LoRA ids, e.g. clothing_2,object_2")
+    parser.add_argument("--testbed", default="conf/testbed/toy.yaml")
+    parser.add_argument("--work", type=Path, default=Path("results/toy_lora_recipe"),
+                        help="scratch copy of the testbed (LoRAs, config) written here")
+    parser.add_argument("--steps", type=int, default=build.Budget.lora_steps)
+    parser.add_argument("--lr", type=float, default=build.LORA_LEARNING_RATE)
+    parser.add_argument("--rank", type=int, default=build.LORA_RANK)
+    parser.add_argument("--examples", type=int, default=build.Budget.lora_examples)
+    parser.add_argument("--batch", type=int, default=build.Budget.lora_batch)
+    parser.add_argument("--images", type=int, default=48, help="images per measurement")
+    parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
+    args = parser.parse_args(argv)
+    ids = args.loras.split(",")
+    unknown = [i for i in ids if i not in world.CONCEPTS_BY_ID]
+    if unknown:
+        parser.error(f"unknown LoRA id(s) {unknown}; the toy LoRAs are {list(world.CONCEPTS_BY_ID)}")
+
+    config = OmegaConf.load(args.testbed)
+    lora_dir = args.work / "lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    for concept_id in ids:
+        target = lora_dir / f"{concept_id}.safetensors"
+        target.unlink(missing_ok=True)
+        print(f"[lora] {concept_id}: {args.steps} steps, lr {args.lr:g}, rank {args.rank}, {args.examples} renders")
+        build.train_concept_lora(Path(config.model.base), concept_id, target, steps=args.steps,
+                                 examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank)
+    for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
+        if other.stem not in ids:
+            shutil.copyfile(other, lora_dir / other.name)
+    config.lora_dir = str(lora_dir)
+    scratch_config = args.work / "testbed.yaml"
+    OmegaConf.save(config, scratch_config)
+    measure = ["--testbed", str(scratch_config), "--images", str(args.images), "--skip-base", "--loras", args.loras]
+    return toy_quality.main(measure + (["--scale", str(args.scale)] if args.scale is not None else []))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
