@@ -1,12 +1,16 @@
 """Try other training settings for some toy LoRAs: ``python benchmarks/toy_lora_recipe.py --loras style_2``.
 
 Retrains the listed LoRAs with the build's recipe (``harness.toy.build.train_concept_lora``) but the chosen
-steps / learning rate / rank, into a scratch copy of the testbed (the committed LoRAs are not touched), then
+steps / learning rate / rank / loss options, into a scratch copy of the testbed (the committed LoRAs are not touched), then
 measures them with ``benchmarks/toy_quality.py`` (concept present, other slots kept). Each LoRA takes
 ~0.1 s per step on one thread. Examples (the README's "weak LoRAs vs training" row):
 
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --steps 800
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --steps 1200
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --lr 4e-3
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --rank 16
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --examples 288
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 """
 
@@ -37,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=build.LORA_RANK)
     parser.add_argument("--examples", type=int, default=build.Budget.lora_examples)
     parser.add_argument("--batch", type=int, default=build.Budget.lora_batch)
+    parser.add_argument("--snr-gamma", type=float, default=build.LORA_LOSS["snr_gamma"],
+                        help="Min-SNR weighting of the loss; 0 for none")
+    parser.add_argument("--noise-offset", type=float, default=build.LORA_LOSS["noise_offset"])
     parser.add_argument("--images", type=int, default=48, help="images per measurement")
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
     args = parser.parse_args(argv)
@@ -53,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         target.unlink(missing_ok=True)
         print(f"[lora] {concept_id}: {args.steps} steps, lr {args.lr:g}, rank {args.rank}, {args.examples} renders")
         build.train_concept_lora(Path(config.model.base), concept_id, target, steps=args.steps,
-                                 examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank)
+                                 examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank,
+                                 loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset})
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

@@ -183,9 +183,11 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
 
 
 def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
-                       learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK) -> Path:
+                       learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK,
+                       loss: dict | None = None) -> Path:
     """Train the LoRA of one held-back concept on its renders (the recipe of the build; also used by
-    ``benchmarks/toy_lora_recipe.py`` to try other step counts, learning rates and ranks)."""
+    ``benchmarks/toy_lora_recipe.py`` to try other step counts, learning rates, ranks and ``loss`` options,
+    the ``snr_gamma`` / ``noise_offset`` of ``train_lora``, by default the base model's: ``LORA_LOSS``)."""
     from harness.toy import world
     from harness.train_lora import train_lora
 
@@ -196,7 +198,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
                       train_text_encoder=True, text_encoder_target_modules=LORA_TEXT_TARGETS, seed=SEED + number,
                       device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
-                      progress=False, **LORA_LOSS)
+                      progress=False, **(LORA_LOSS if loss is None else loss))
 
 
 def build_references(out: Path, budget: Budget) -> None:
