@@ -10,6 +10,7 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --lr 4e-3
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --rank 16
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --examples 288
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --batch 8
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 """
