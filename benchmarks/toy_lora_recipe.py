@@ -11,6 +11,7 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --rank 16
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --examples 288
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --batch 8
+    python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --no-text-encoder
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 """
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snr-gamma", type=float, default=build.LORA_LOSS["snr_gamma"],
                         help="Min-SNR weighting of the loss; 0 for none")
     parser.add_argument("--noise-offset", type=float, default=build.LORA_LOSS["noise_offset"])
+    parser.add_argument("--no-text-encoder", action="store_true", help="a LoRA on the UNet only")
     parser.add_argument("--images", type=int, default=48, help="images per measurement")
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
     args = parser.parse_args(argv)
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[lora] {concept_id}: {args.steps} steps, lr {args.lr:g}, rank {args.rank}, {args.examples} renders")
         build.train_concept_lora(Path(config.model.base), concept_id, target, steps=args.steps,
                                  examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank,
-                                 loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset})
+                                 loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset},
+                                 train_text_encoder=not args.no_text_encoder)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

@@ -29,3 +29,12 @@ def test_an_unknown_lora_id_names_the_known_ones(tmp_path, capsys):
         toy_lora_recipe.main(["--loras", "object_9", "--work", str(tmp_path)])
     err = capsys.readouterr().err
     assert "object_9" in err and "character_1" in err
+
+
+def test_no_text_encoder_trains_a_unet_only_lora(tmp_path):
+    from safetensors import safe_open
+
+    assert toy_lora_recipe.main(["--loras", "object_2", "--no-text-encoder", "--steps", "1", "--examples", "4",
+                                 "--images", "1", "--work", str(tmp_path)]) == 0
+    with safe_open(str(tmp_path / "lora" / "object_2.safetensors"), "pt") as lora:
+        assert {key.split(".")[0] for key in lora.keys()} == {"unet"}
