@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config = OmegaConf.load(args.testbed)
     lora_dir = args.work / "lora"
+    if lora_dir.resolve() == Path(config.lora_dir).resolve():
+        parser.error(f"--work {args.work} would overwrite the testbed's own LoRAs in {config.lora_dir}; "
+                     "pick a scratch folder (default results/toy_lora_recipe)")
     lora_dir.mkdir(parents=True, exist_ok=True)
     for concept_id in ids:
         target = lora_dir / f"{concept_id}.safetensors"

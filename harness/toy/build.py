@@ -185,10 +185,9 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
 def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
                        learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK,
                        loss: dict | None = None, train_text_encoder: bool = True) -> Path:
-    """Train the LoRA of one held-back concept on its renders (the recipe of the build; also used by
-    ``benchmarks/toy_lora_recipe.py`` to try other step counts, learning rates, ranks and ``loss`` options,
-    the ``snr_gamma`` / ``noise_offset`` of ``train_lora``, by default the base model's: ``LORA_LOSS``, or no
-    text-encoder LoRA)."""
+    """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
+    ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
+    (default ``LORA_LOSS``, the base model's)."""
     from harness.toy import world
     from harness.train_lora import train_lora
 
@@ -198,8 +197,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
                       train_text_encoder=train_text_encoder, text_encoder_target_modules=LORA_TEXT_TARGETS,
-                      seed=SEED + number,
-                      device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
+                      seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
                       progress=False, **(LORA_LOSS if loss is None else loss))
 
 
