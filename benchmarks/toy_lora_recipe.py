@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Min-SNR weighting of the loss; 0 for none")
     parser.add_argument("--noise-offset", type=float, default=build.LORA_LOSS["noise_offset"])
     parser.add_argument("--no-text-encoder", action="store_true", help="a LoRA on the UNet only")
+    parser.add_argument("--te-lr", type=float, default=None, help="text-encoder LoRA learning rate (default --lr)")
+    parser.add_argument("--loraplus", type=float, default=None, help="LoRA+ ratio of B to A learning rates (e.g. 16)")
+    parser.add_argument("--drop-slot", type=float, default=0.25,
+                        help="probability that a caption leaves out a generic slot phrase")
     parser.add_argument("--images", type=int, default=48, help="images per measurement")
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
     args = parser.parse_args(argv)
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         build.train_concept_lora(Path(config.model.base), concept_id, target, steps=args.steps,
                                  examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank,
                                  loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset},
-                                 train_text_encoder=not args.no_text_encoder)
+                                 train_text_encoder=not args.no_text_encoder, drop_slot=args.drop_slot,
+                                 loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

@@ -82,6 +82,8 @@ def train_lora(
     flip: bool = False,
     snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    text_encoder_learning_rate: float | None = None,
+    loraplus_lr_ratio: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -92,7 +94,10 @@ def train_lora(
     is written every that many steps; with ``resume`` a rerun continues from it. ``flip`` adds random
     horizontal flips (off by default: identity LoRAs care about asymmetry). ``snr_gamma`` turns on Min-SNR
     loss weighting and ``noise_offset`` adds that much per-channel offset noise (both as in diffusers'
-    training scripts; use the base model's own training settings). ``on_step(step, loss)`` is
+    training scripts; use the base model's own training settings). ``text_encoder_learning_rate`` (default
+    ``learning_rate``) is the text-encoder LoRA's rate, as kohya's and diffusers' scripts allow. ``loraplus_lr_ratio`` trains the B matrices
+    that many times faster than the A matrices (LoRA+, peft's ``create_loraplus_optimizer``; 16 is the
+    paper's usual value). ``on_step(step, loss)`` is
     called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
@@ -106,7 +111,8 @@ def train_lora(
         train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
-        on_step=on_step, single_file_config=single_file_config,
+        text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio, on_step=on_step,
+        single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
 
@@ -133,6 +139,8 @@ def fit_lora(
     flip: bool = False,
     snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    text_encoder_learning_rate: float | None = None,
+    loraplus_lr_ratio: float | None = None,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -148,7 +156,7 @@ def fit_lora(
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
     text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
     _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
-                    noise_offset)
+                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate)
 
     pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
     captions = [caption for _, caption in examples]
@@ -187,7 +195,7 @@ def fit_lora(
             ) from error
         module.train()
     trainable = [p for module, _ in parts.values() for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=WEIGHT_DECAY)
+    optimizer = _optimizer(parts, learning_rate, text_encoder_learning_rate, loraplus_lr_ratio)
 
     identity = model_identity(base_model)
     fingerprint = stable_hash({
@@ -198,6 +206,8 @@ def fit_lora(
         # only when used, so checkpoints written before these options existed still resume
         **({"snr_gamma": snr_gamma} if snr_gamma is not None else {}),
         **({"noise_offset": noise_offset} if noise_offset else {}),
+        **({"loraplus_lr_ratio": loraplus_lr_ratio} if loraplus_lr_ratio is not None else {}),
+        **({"text_encoder_lr": text_encoder_learning_rate} if text_encoder_learning_rate else {}),
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -257,7 +267,9 @@ def fit_lora(
         "base_model": identity, "rank": rank, "alpha": alpha, "steps": steps, "learning_rate": learning_rate,
         "batch_size": batch_size, "resolution": resolution, "unet_target_modules": unet_targets,
         "train_text_encoder": train_text_encoder, "text_encoder_target_modules": text_targets, "seed": seed,
-        "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "prediction_type": prediction_type,
+        "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "loraplus_lr_ratio": loraplus_lr_ratio,
+        "text_encoder_learning_rate": text_encoder_learning_rate if train_text_encoder else None,
+        "prediction_type": prediction_type,
         "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
         # mean loss of the last tenth of training: noisy (random timesteps) but comparable between runs
@@ -282,6 +294,27 @@ class _BatchSchedule:
     def indices(self, step: int) -> torch.Tensor:
         positions = range(step * self.batch_size, (step + 1) * self.batch_size)
         return torch.stack([self._permutation(p // self.count)[p % self.count] for p in positions])
+
+
+def _optimizer(parts: dict[str, tuple[torch.nn.Module, list[str]]], learning_rate: float,
+               text_encoder_learning_rate: float | None, loraplus_lr_ratio: float | None) -> torch.optim.Optimizer:
+    """AdamW over the adapters: one parameter group per part (the text encoder's at its own rate when given),
+    split by peft into A and B groups for LoRA+. Plain settings give one group (so older checkpoints resume)."""
+    if loraplus_lr_ratio is None and not text_encoder_learning_rate:
+        return torch.optim.AdamW([p for module, _ in parts.values() for p in module.parameters() if p.requires_grad],
+                                 lr=learning_rate, weight_decay=WEIGHT_DECAY)
+    groups = []
+    for part, (module, _) in parts.items():
+        rate = text_encoder_learning_rate if part == "text_encoder" and text_encoder_learning_rate else learning_rate
+        if loraplus_lr_ratio is None:
+            groups.append({"params": [p for p in module.parameters() if p.requires_grad], "lr": rate})
+        else:
+            from peft.optimizers import create_loraplus_optimizer
+
+            groups += create_loraplus_optimizer(module, torch.optim.AdamW, lr=rate, loraplus_lr_ratio=loraplus_lr_ratio,
+                                                weight_decay=WEIGHT_DECAY).param_groups
+    return torch.optim.AdamW([group for group in groups if group["params"]], lr=learning_rate,
+                             weight_decay=WEIGHT_DECAY)
 
 
 def _derived_seed(seed: int, *names: Any) -> int:
@@ -314,7 +347,8 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _check_settings(examples: list, rank: int, steps: int, batch_size: int, resolution: int,
                     checkpoint_dir: Any, checkpoint_every: int, snr_gamma: float | None = None,
-                    noise_offset: float = 0.0) -> None:
+                    noise_offset: float = 0.0, loraplus_lr_ratio: float | None = None,
+                    text_encoder_learning_rate: float | None = None) -> None:
     problems = []
     if not examples:
         problems.append("no training examples were given (pass at least one (image, caption) pair)")
@@ -332,6 +366,11 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
         problems.append(f"snr_gamma must be > 0 (got {snr_gamma}; 5 is usual, leave it unset to turn Min-SNR off)")
     if not noise_offset >= 0:
         problems.append(f"noise_offset must be >= 0 (got {noise_offset}; 0.1 is usual)")
+    if loraplus_lr_ratio is not None and not loraplus_lr_ratio >= 1:
+        problems.append(f"loraplus_lr_ratio must be >= 1 (got {loraplus_lr_ratio}; 16 is usual, leave it unset "
+                        "for plain LoRA)")
+    if text_encoder_learning_rate is not None and not text_encoder_learning_rate > 0:
+        problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 (got {text_encoder_learning_rate})")
     if problems:
         raise TrainingInputError("Cannot train the LoRA: " + "; ".join(problems) + ". Fix: correct those settings.")
 
@@ -367,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flip", action="store_true", help="random horizontal flips (off: keeps asymmetry)")
     parser.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR loss weighting (e.g. 5)")
     parser.add_argument("--noise-offset", type=float, default=0.0, help="per-channel offset noise (e.g. 0.1)")
+    parser.add_argument("--text-encoder-lr", type=float, default=None,
+                        help="learning rate of the text-encoder LoRA (default: --lr)")
+    parser.add_argument("--loraplus-lr-ratio", type=float, default=None,
+                        help="LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -393,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             text_encoder_target_modules=args.text_encoder_targets, seed=args.seed,
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
-            snr_gamma=args.snr_gamma, noise_offset=args.noise_offset,
+            snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
+            text_encoder_learning_rate=args.text_encoder_lr,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

@@ -272,7 +272,38 @@ def test_cli_min_snr_and_noise_offset_are_used_and_recorded(tiny_base, tmp_path,
     assert weighted["final_loss"] != plain["final_loss"]  # the options change the training
 
 
-@pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1")])
+def _lora_norms(trained, parts: tuple[str, ...] = ("unet", "text_encoder")) -> dict[str, float]:
+    """Summed norms of the A and of the B matrices of ``parts``."""
+    norms = {"lora_A": 0.0, "lora_B": 0.0}
+    for module, _ in (trained.parts[part] for part in parts):
+        for name, parameter in module.named_parameters():
+            for kind in norms:
+                if kind in name:
+                    norms[kind] += parameter.detach().norm().item()
+    return norms
+
+
+def test_loraplus_trains_the_b_matrices_faster_and_is_recorded(tiny_base):
+    runs = {ratio: fit_lora(tiny_base, EXAMPLES, rank=4, steps=5, learning_rate=1e-3, train_text_encoder=True,
+                            loraplus_lr_ratio=ratio, **QUICK) for ratio in (None, 16.0)}
+    plain, plus = (_lora_norms(runs[ratio]) for ratio in (None, 16.0))
+    assert plus["lora_B"] > 4 * plain["lora_B"]  # B starts at zero: its size is what the steps added
+    assert plus["lora_A"] == pytest.approx(plain["lora_A"], rel=0.05)  # A keeps the base learning rate
+    assert runs[16.0].record["loraplus_lr_ratio"] == 16.0 and runs[None].record["loraplus_lr_ratio"] is None
+
+
+def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tiny_base):
+    runs = {rate: fit_lora(tiny_base, EXAMPLES, rank=4, steps=5, learning_rate=1e-3, train_text_encoder=True,
+                           text_encoder_learning_rate=rate, **QUICK) for rate in (None, 1e-2)}
+    text = {rate: _lora_norms(runs[rate], ("text_encoder",))["lora_B"] for rate in runs}
+    unet = {rate: _lora_norms(runs[rate], ("unet",))["lora_B"] for rate in runs}
+    assert text[1e-2] > 4 * text[None]
+    assert unet[1e-2] == pytest.approx(unet[None], rel=0.2)  # same rate; only the gradients through the text differ
+    assert runs[1e-2].record["text_encoder_learning_rate"] == 1e-2
+
+
+@pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1"),
+                                            ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0")])
 def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tmp_path, capsys):
     images = _write_images(tmp_path / "images")
     code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out",

@@ -150,15 +150,16 @@ LORA_RANK = 8
 LORA_LEARNING_RATE = 2e-3
 
 
-def lora_examples(concept_id: str, count: int, seed: int) -> list[tuple[Image.Image, str]]:
-    """Renders with the concept in its slot and random generic others; captions name the others."""
+def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25) -> list[tuple[Image.Image, str]]:
+    """Renders with the concept in its slot and random generic others; captions name the others (each
+    dropped with ``drop_slot``)."""
     from harness.toy import world
 
     rng = np.random.default_rng(seed)
     examples = []
     for _ in range(count):
         spec = world.concept_spec(concept_id, rng)
-        caption = world.caption(spec, rng, drop_slot=0.25, concepts=(concept_id,))
+        caption = world.caption(spec, rng, drop_slot=drop_slot, concepts=(concept_id,))
         examples.append((Image.fromarray(world.render(spec, rng)), caption))
     return examples
 
@@ -184,7 +185,8 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
 
 def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
                        learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK,
-                       loss: dict | None = None, train_text_encoder: bool = True) -> Path:
+                       loss: dict | None = None, train_text_encoder: bool = True, drop_slot: float = 0.25,
+                       loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None) -> Path:
     """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
     ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
     (default ``LORA_LOSS``, the base model's)."""
@@ -193,12 +195,13 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
 
     number = [concept.id for concept in world.CONCEPTS].index(concept_id)
     concept = world.CONCEPTS[number]
-    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number)
+    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot)
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
                       train_text_encoder=train_text_encoder, text_encoder_target_modules=LORA_TEXT_TARGETS,
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
-                      progress=False, **(LORA_LOSS if loss is None else loss))
+                      progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
+                      text_encoder_learning_rate=text_encoder_learning_rate, **(LORA_LOSS if loss is None else loss))
 
 
 def build_references(out: Path, budget: Budget) -> None:
