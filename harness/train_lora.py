@@ -84,6 +84,7 @@ def train_lora(
     noise_offset: float = 0.0,
     text_encoder_learning_rate: float | None = None,
     loraplus_lr_ratio: float | None = None,
+    timestep_range: tuple[int, int] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -97,7 +98,9 @@ def train_lora(
     training scripts; use the base model's own training settings). ``text_encoder_learning_rate`` (default
     ``learning_rate``) is the text-encoder LoRA's rate, as kohya's and diffusers' scripts allow. ``loraplus_lr_ratio`` trains the B matrices
     that many times faster than the A matrices (LoRA+, peft's ``create_loraplus_optimizer``; 16 is the
-    paper's usual value). ``on_step(step, loss)`` is
+    paper's usual value). ``timestep_range`` (low, high) samples training timesteps in [low, high) only
+    (diffusers' "timestep bias" idea: spend the steps where a concept's layout and colours are decided).
+    ``on_step(step, loss)`` is
     called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
@@ -111,7 +114,8 @@ def train_lora(
         train_text_encoder=train_text_encoder, text_encoder_target_modules=text_encoder_target_modules,
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
-        text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio, on_step=on_step,
+        text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio,
+        timestep_range=timestep_range, on_step=on_step,
         single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
@@ -141,6 +145,7 @@ def fit_lora(
     noise_offset: float = 0.0,
     text_encoder_learning_rate: float | None = None,
     loraplus_lr_ratio: float | None = None,
+    timestep_range: tuple[int, int] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -156,7 +161,7 @@ def fit_lora(
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
     text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
     _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
-                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate)
+                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range)
 
     pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
     captions = [caption for _, caption in examples]
@@ -169,6 +174,10 @@ def fit_lora(
         module.requires_grad_(False)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type = noise_scheduler.config.prediction_type
+    if timestep_range and timestep_range[1] > noise_scheduler.config.num_train_timesteps:
+        raise TrainingInputError(f"Cannot train the LoRA: the timestep range {list(timestep_range)} ends past the "
+                                 f"model's {noise_scheduler.config.num_train_timesteps} training timesteps. Fix: "
+                                 f"end it at {noise_scheduler.config.num_train_timesteps} or less.")
 
     latent_mean, latent_std = _encode_images(vae, pixels, batch_size, run_device, flip)
     input_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -208,6 +217,7 @@ def fit_lora(
         **({"noise_offset": noise_offset} if noise_offset else {}),
         **({"loraplus_lr_ratio": loraplus_lr_ratio} if loraplus_lr_ratio is not None else {}),
         **({"text_encoder_lr": text_encoder_learning_rate} if text_encoder_learning_rate else {}),
+        **({"timestep_range": list(timestep_range)} if timestep_range else {}),
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -238,8 +248,8 @@ def fit_lora(
         noise = torch.randn(latents.shape, generator=generator).to(run_device)
         if noise_offset:
             noise = noise + noise_offset * torch.randn(*latents.shape[:2], 1, 1, generator=generator).to(run_device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
-                                  generator=generator).to(run_device)
+        low, high = timestep_range or (0, noise_scheduler.config.num_train_timesteps)
+        timesteps = torch.randint(low, high, (len(index),), generator=generator).to(run_device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
         prediction = unet(noisy, timesteps, text_states).sample
@@ -269,6 +279,7 @@ def fit_lora(
         "train_text_encoder": train_text_encoder, "text_encoder_target_modules": text_targets, "seed": seed,
         "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "loraplus_lr_ratio": loraplus_lr_ratio,
         "text_encoder_learning_rate": text_encoder_learning_rate if train_text_encoder else None,
+        "timestep_range": list(timestep_range) if timestep_range else None,
         "prediction_type": prediction_type,
         "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
@@ -348,7 +359,8 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _check_settings(examples: list, rank: int, steps: int, batch_size: int, resolution: int,
                     checkpoint_dir: Any, checkpoint_every: int, snr_gamma: float | None = None,
                     noise_offset: float = 0.0, loraplus_lr_ratio: float | None = None,
-                    text_encoder_learning_rate: float | None = None) -> None:
+                    text_encoder_learning_rate: float | None = None,
+                    timestep_range: tuple[int, int] | None = None) -> None:
     problems = []
     if not examples:
         problems.append("no training examples were given (pass at least one (image, caption) pair)")
@@ -369,6 +381,8 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
     if loraplus_lr_ratio is not None and not loraplus_lr_ratio >= 1:
         problems.append(f"loraplus_lr_ratio must be >= 1 (got {loraplus_lr_ratio}; 16 is usual, leave it unset "
                         "for plain LoRA)")
+    if timestep_range is not None and not 0 <= timestep_range[0] < timestep_range[1]:
+        problems.append(f"timestep_range must be LOW HIGH with 0 <= LOW < HIGH (got {list(timestep_range)})")
     if text_encoder_learning_rate is not None and not text_encoder_learning_rate > 0:
         problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 (got {text_encoder_learning_rate})")
     if problems:
@@ -408,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise-offset", type=float, default=0.0, help="per-channel offset noise (e.g. 0.1)")
     parser.add_argument("--text-encoder-lr", type=float, default=None,
                         help="learning rate of the text-encoder LoRA (default: --lr)")
+    parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="train on timesteps in [LOW, HIGH) only (e.g. 300 1000)")
     parser.add_argument("--loraplus-lr-ratio", type=float, default=None,
                         help="LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)")
     parser.add_argument("--checkpoint-dir", default=None)
@@ -438,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
             snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
             text_encoder_learning_rate=args.text_encoder_lr,
+            timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

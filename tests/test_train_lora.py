@@ -302,6 +302,26 @@ def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tiny_base):
     assert runs[1e-2].record["text_encoder_learning_rate"] == 1e-2
 
 
+def test_timestep_range_limits_the_training_timesteps(tiny_base, monkeypatch):
+    from diffusers import DDPMScheduler
+
+    seen: list[int] = []
+    add_noise = DDPMScheduler.add_noise
+
+    def spy(self, latents, noise, timesteps):
+        seen.extend(timesteps.tolist())
+        return add_noise(self, latents, noise, timesteps)
+
+    monkeypatch.setattr(DDPMScheduler, "add_noise", spy)
+    trained = fit_lora(tiny_base, EXAMPLES, rank=2, steps=6, timestep_range=(700, 720), **QUICK)
+    assert len(seen) == 12 and all(700 <= t < 720 for t in seen)
+    assert trained.record["timestep_range"] == [700, 720]
+    with pytest.raises(TrainingInputError, match="timestep range"):
+        fit_lora(tiny_base, EXAMPLES, rank=2, steps=1, timestep_range=(0, 5000), **QUICK)
+    with pytest.raises(TrainingInputError, match="timestep_range"):
+        fit_lora(tiny_base, EXAMPLES, rank=2, steps=1, timestep_range=(10, 10), **QUICK)
+
+
 @pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1"),
                                             ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0")])
 def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tmp_path, capsys):
