@@ -14,6 +14,11 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --no-text-encoder
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
+
+Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--scale 1.0``): ``--te-lr 1e-2``
+(text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range), ``--drop-slot 0``
+/ ``--drop-caption 0.1`` (captions), ``--preservation 96`` (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding``
+(a LoRA on the token embeddings too).
 """
 
 from __future__ import annotations
@@ -48,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-offset", type=float, default=build.LORA_LOSS["noise_offset"])
     parser.add_argument("--no-text-encoder", action="store_true", help="a LoRA on the UNet only")
     parser.add_argument("--te-lr", type=float, default=None, help="text-encoder LoRA learning rate (default --lr)")
+    parser.add_argument("--timesteps", default=None, help="LOW,HIGH: train only on timesteps in [LOW, HIGH)")
+    parser.add_argument("--preservation", type=int, default=0,
+                        help="extra generic renders with generic captions (prior preservation)")
+    parser.add_argument("--drop-caption", type=float, default=0.0, help="share of empty captions")
+    parser.add_argument("--text-targets", default=None,
+                        help=f"comma list of text-encoder LoRA targets (default {','.join(build.LORA_TEXT_TARGETS)}); "
+                        "add token_embedding for a LoRA on the token embeddings")
     parser.add_argument("--loraplus", type=float, default=None, help="LoRA+ ratio of B to A learning rates (e.g. 16)")
     parser.add_argument("--drop-slot", type=float, default=0.25,
                         help="probability that a caption leaves out a generic slot phrase")
@@ -73,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                                  examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank,
                                  loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset},
                                  train_text_encoder=not args.no_text_encoder, drop_slot=args.drop_slot,
-                                 loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr)
+                                 loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr,
+                                 text_encoder_targets=args.text_targets.split(",") if args.text_targets else None,
+                                 drop_caption=args.drop_caption, preservation=args.preservation,
+                                 timestep_range=tuple(int(t) for t in args.timesteps.split(",")) if args.timesteps else None)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

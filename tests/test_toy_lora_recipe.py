@@ -48,3 +48,51 @@ def test_the_testbed_s_own_lora_folder_is_refused_as_scratch(capsys):
         toy_lora_recipe.main(["--loras", "object_2", "--work", str(LORAS.parent)])
     assert "would overwrite the testbed's own LoRAs" in capsys.readouterr().err
     assert (LORAS / "object_2.safetensors").stat().st_mtime_ns == before
+
+
+def test_trainer_options_reach_the_retrained_file(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from harness.training.lora_file import read_lora_metadata
+
+    assert toy_lora_recipe.main(["--loras", "object_2", "--steps", "1", "--examples", "4", "--images", "1",
+                                 "--te-lr", "1e-2", "--timesteps", "300,1000", "--loraplus", "4",
+                                 "--text-targets", "q_proj,token_embedding", "--work", str(tmp_path)]) == 0
+    path = tmp_path / "lora" / "object_2.safetensors"
+    metadata = read_lora_metadata(path)
+    assert json.loads(metadata["text_encoder_learning_rate"]) == 0.01
+    assert json.loads(metadata["timestep_range"]) == [300, 1000]
+    assert json.loads(metadata["loraplus_lr_ratio"]) == 4.0
+    assert json.loads(metadata["text_encoder_target_modules"]) == ["q_proj", "token_embedding"]
+    with safe_open(str(path), "pt") as lora:
+        assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
+
+
+def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
+    import json
+
+    import toy_quality
+
+    out = tmp_path / "figures.json"
+    assert toy_quality.main(["--images", "1", "--skip-base", "--loras", "none", "--named", "--threads", "1",
+                             "--json", str(out)]) == 0
+    named = json.loads(out.read_text())["named"]
+    assert set(named) == {"character_1", "character_2", "character_3", "clothing_1", "clothing_2", "style_1",
+                          "style_2", "background_1", "background_2", "object_1", "object_2"}
+    assert all(rate in (0.0, 1.0) for rate in named.values())  # one image each: drawn or not
+
+
+def test_preservation_adds_generic_scenes_and_keeps_the_concept_examples():
+    from harness.toy import world
+    from harness.toy.build import lora_examples
+
+    plain = lora_examples("object_2", 6, seed=3)
+    mixed = lora_examples("object_2", 6, seed=3, preservation=4)
+    assert len(mixed) == 10
+    assert [caption for _, caption in mixed[:6]] == [caption for _, caption in plain]
+    assert all(a.tobytes() == b.tobytes() for (a, _), (b, _) in zip(mixed[:6], plain))
+    trigger = world.CONCEPTS_BY_ID["object_2"].trigger[0]
+    assert all(trigger in caption for _, caption in mixed[:6])
+    assert not any(trigger in caption for _, caption in mixed[6:])

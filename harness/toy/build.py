@@ -150,9 +150,12 @@ LORA_RANK = 8
 LORA_LEARNING_RATE = 2e-3
 
 
-def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25) -> list[tuple[Image.Image, str]]:
+def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25,
+                  drop_caption: float = 0.0, preservation: int = 0) -> list[tuple[Image.Image, str]]:
     """Renders with the concept in its slot and random generic others; captions name the others (each
-    dropped with ``drop_slot``)."""
+    dropped with ``drop_slot``); with ``drop_caption`` that share of the captions is empty. ``preservation``
+    adds that many generic scenes with generic captions (DreamBooth's prior preservation, with exact renders
+    in place of base-model samples: they hold the generic words to their meaning while the LoRA learns)."""
     from harness.toy import world
 
     rng = np.random.default_rng(seed)
@@ -160,7 +163,14 @@ def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.2
     for _ in range(count):
         spec = world.concept_spec(concept_id, rng)
         caption = world.caption(spec, rng, drop_slot=drop_slot, concepts=(concept_id,))
+        if drop_caption and rng.random() < drop_caption:
+            caption = ""
         examples.append((Image.fromarray(world.render(spec, rng)), caption))
+    generic_rng = np.random.default_rng([seed, 1])  # its own stream: the concept examples stay the same
+    for _ in range(preservation):
+        spec = world.sample_generic_spec(generic_rng)
+        caption = world.caption(spec, generic_rng, drop_slot=drop_slot)
+        examples.append((Image.fromarray(world.render(spec, generic_rng)), caption))
     return examples
 
 
@@ -186,7 +196,9 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
 def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
                        learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK,
                        loss: dict | None = None, train_text_encoder: bool = True, drop_slot: float = 0.25,
-                       loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None) -> Path:
+                       loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None,
+                       text_encoder_targets: list[str] | None = None, drop_caption: float = 0.0,
+                       timestep_range: tuple[int, int] | None = None, preservation: int = 0) -> Path:
     """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
     ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
     (default ``LORA_LOSS``, the base model's)."""
@@ -195,13 +207,15 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
 
     number = [concept.id for concept in world.CONCEPTS].index(concept_id)
     concept = world.CONCEPTS[number]
-    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot)
+    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot,
+                            drop_caption=drop_caption, preservation=preservation)
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
-                      train_text_encoder=train_text_encoder, text_encoder_target_modules=LORA_TEXT_TARGETS,
+                      train_text_encoder=train_text_encoder,
+                      text_encoder_target_modules=LORA_TEXT_TARGETS if text_encoder_targets is None else text_encoder_targets,
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
                       progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
-                      text_encoder_learning_rate=text_encoder_learning_rate, **(LORA_LOSS if loss is None else loss))
+                      text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range, **(LORA_LOSS if loss is None else loss))
 
 
 def build_references(out: Path, budget: Budget) -> None:
