@@ -16,7 +16,7 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 
 Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--scale 1.0``): ``--te-lr 1e-2``
-(text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range), ``--drop-slot 0``
+(text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range), ``--warmup 100`` (rate warm-up), ``--drop-slot 0``
 / ``--drop-caption 0.1`` (captions), ``--preservation 96`` (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding``
 (a LoRA on the token embeddings too).
 """
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", default=None, help="LOW,HIGH: train only on timesteps in [LOW, HIGH)")
     parser.add_argument("--preservation", type=int, default=0,
                         help="extra generic renders with generic captions (prior preservation)")
+    parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
     parser.add_argument("--drop-caption", type=float, default=0.0, help="share of empty captions")
     parser.add_argument("--text-targets", default=None,
                         help=f"comma list of text-encoder LoRA targets (default {','.join(build.LORA_TEXT_TARGETS)}); "
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                  train_text_encoder=not args.no_text_encoder, drop_slot=args.drop_slot,
                                  loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr,
                                  text_encoder_targets=args.text_targets.split(",") if args.text_targets else None,
-                                 drop_caption=args.drop_caption, preservation=args.preservation,
+                                 drop_caption=args.drop_caption, preservation=args.preservation, warmup_steps=args.warmup,
                                  timestep_range=tuple(int(t) for t in args.timesteps.split(",")) if args.timesteps else None)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:

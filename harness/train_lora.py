@@ -85,6 +85,7 @@ def train_lora(
     text_encoder_learning_rate: float | None = None,
     loraplus_lr_ratio: float | None = None,
     timestep_range: tuple[int, int] | None = None,
+    warmup_steps: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -100,7 +101,7 @@ def train_lora(
     that many times faster than the A matrices (LoRA+, peft's ``create_loraplus_optimizer``; 16 is the
     paper's usual value). ``timestep_range`` (low, high) samples training timesteps in [low, high) only
     (diffusers' "timestep bias" idea: spend the steps where a concept's layout and colours are decided).
-    ``on_step(step, loss)`` is
+    ``warmup_steps`` raises every learning rate linearly from 0 over that many steps. ``on_step(step, loss)`` is
     called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
@@ -115,7 +116,7 @@ def train_lora(
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
         text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio,
-        timestep_range=timestep_range, on_step=on_step,
+        timestep_range=timestep_range, warmup_steps=warmup_steps, on_step=on_step,
         single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
@@ -146,6 +147,7 @@ def fit_lora(
     text_encoder_learning_rate: float | None = None,
     loraplus_lr_ratio: float | None = None,
     timestep_range: tuple[int, int] | None = None,
+    warmup_steps: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -161,7 +163,7 @@ def fit_lora(
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
     text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
     _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
-                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range)
+                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range, warmup_steps)
 
     pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
     captions = [caption for _, caption in examples]
@@ -205,6 +207,7 @@ def fit_lora(
         module.train()
     trainable = [p for module, _ in parts.values() for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(parts, learning_rate, text_encoder_learning_rate, loraplus_lr_ratio)
+    peak_rates = [group["lr"] for group in optimizer.param_groups]
 
     identity = model_identity(base_model)
     fingerprint = stable_hash({
@@ -218,6 +221,7 @@ def fit_lora(
         **({"loraplus_lr_ratio": loraplus_lr_ratio} if loraplus_lr_ratio is not None else {}),
         **({"text_encoder_lr": text_encoder_learning_rate} if text_encoder_learning_rate else {}),
         **({"timestep_range": list(timestep_range)} if timestep_range else {}),
+        **({"warmup_steps": warmup_steps} if warmup_steps else {}),
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -238,6 +242,9 @@ def fit_lora(
     batches = _BatchSchedule(len(examples), batch_size, seed)
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-lora", disable=not progress)
     for step in bar:
+        if warmup_steps:  # linear warm-up, a function of the step alone (nothing to resume)
+            for group, peak in zip(optimizer.param_groups, peak_rates):
+                group["lr"] = peak * min(1.0, (step + 1) / warmup_steps)
         generator = torch.Generator().manual_seed(_derived_seed(seed, "step", step))
         index = batches.indices(step)
         orientation = (torch.randint(0, 2, (len(index),), generator=generator) if flip
@@ -279,7 +286,7 @@ def fit_lora(
         "train_text_encoder": train_text_encoder, "text_encoder_target_modules": text_targets, "seed": seed,
         "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "loraplus_lr_ratio": loraplus_lr_ratio,
         "text_encoder_learning_rate": text_encoder_learning_rate if train_text_encoder else None,
-        "timestep_range": list(timestep_range) if timestep_range else None,
+        "timestep_range": list(timestep_range) if timestep_range else None, "warmup_steps": warmup_steps,
         "prediction_type": prediction_type,
         "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
@@ -360,7 +367,7 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
                     checkpoint_dir: Any, checkpoint_every: int, snr_gamma: float | None = None,
                     noise_offset: float = 0.0, loraplus_lr_ratio: float | None = None,
                     text_encoder_learning_rate: float | None = None,
-                    timestep_range: tuple[int, int] | None = None) -> None:
+                    timestep_range: tuple[int, int] | None = None, warmup_steps: int = 0) -> None:
     problems = []
     if not examples:
         problems.append("no training examples were given (pass at least one (image, caption) pair)")
@@ -383,6 +390,8 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
                         "for plain LoRA)")
     if timestep_range is not None and not 0 <= timestep_range[0] < timestep_range[1]:
         problems.append(f"timestep_range must be LOW HIGH with 0 <= LOW < HIGH (got {list(timestep_range)})")
+    if warmup_steps < 0:
+        problems.append(f"warmup_steps must be >= 0 (got {warmup_steps})")
     if text_encoder_learning_rate is not None and not text_encoder_learning_rate > 0:
         problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 (got {text_encoder_learning_rate})")
     if problems:
@@ -424,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning rate of the text-encoder LoRA (default: --lr)")
     parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="train on timesteps in [LOW, HIGH) only (e.g. 300 1000)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (steps)")
     parser.add_argument("--loraplus-lr-ratio", type=float, default=None,
                         help="LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)")
     parser.add_argument("--checkpoint-dir", default=None)
@@ -454,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
             snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
             text_encoder_learning_rate=args.text_encoder_lr,
-            timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
+            timestep_range=tuple(args.timestep_range) if args.timestep_range else None, warmup_steps=args.warmup_steps,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

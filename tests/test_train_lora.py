@@ -302,6 +302,14 @@ def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tiny_base):
     assert runs[1e-2].record["text_encoder_learning_rate"] == 1e-2
 
 
+def test_warmup_starts_the_learning_rates_near_zero(tiny_base):
+    runs = {warmup: fit_lora(tiny_base, EXAMPLES, rank=4, steps=3, learning_rate=1e-3, train_text_encoder=True,
+                             warmup_steps=warmup, **QUICK) for warmup in (0, 1000)}
+    plain, warm = (_lora_norms(runs[warmup])["lora_B"] for warmup in (0, 1000))
+    assert warm < 0.05 * plain  # rates of 1/1000 to 3/1000 of the peak
+    assert runs[1000].record["warmup_steps"] == 1000
+
+
 def test_timestep_range_limits_the_training_timesteps(tiny_base, monkeypatch):
     from diffusers import DDPMScheduler
 
@@ -323,7 +331,8 @@ def test_timestep_range_limits_the_training_timesteps(tiny_base, monkeypatch):
 
 
 @pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1"),
-                                            ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0")])
+                                            ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0"),
+                                            ("--warmup-steps", "-1")])
 def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tmp_path, capsys):
     images = _write_images(tmp_path / "images")
     code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out",

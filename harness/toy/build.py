@@ -198,7 +198,8 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                        loss: dict | None = None, train_text_encoder: bool = True, drop_slot: float = 0.25,
                        loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None,
                        text_encoder_targets: list[str] | None = None, drop_caption: float = 0.0,
-                       timestep_range: tuple[int, int] | None = None, preservation: int = 0) -> Path:
+                       timestep_range: tuple[int, int] | None = None, preservation: int = 0,
+                       warmup_steps: int = 0) -> Path:
     """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
     ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
     (default ``LORA_LOSS``, the base model's)."""
@@ -215,7 +216,8 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                       text_encoder_target_modules=LORA_TEXT_TARGETS if text_encoder_targets is None else text_encoder_targets,
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
                       progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
-                      text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range, **(LORA_LOSS if loss is None else loss))
+                      text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range,
+                      warmup_steps=warmup_steps, **(LORA_LOSS if loss is None else loss))
 
 
 def build_references(out: Path, budget: Budget) -> None:
