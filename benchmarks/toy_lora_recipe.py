@@ -15,10 +15,11 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 
-Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--scale 1.0``): ``--te-lr 1e-2``
-(text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range), ``--warmup 100`` (rate warm-up), ``--drop-slot 0``
-/ ``--drop-caption 0.1`` (captions), ``--preservation 96`` (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding``
-(a LoRA on the token embeddings too).
+Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--scale 1.0``):
+``--te-lr 1e-2`` (text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range),
+``--warmup 100`` (rate warm-up), ``--drop-slot 0`` / ``--drop-caption 0.1`` (captions), ``--preservation 96``
+(generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on
+the token embeddings too).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ from harness.toy import build, world
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_quality  # noqa: E402
+
+
+def _timesteps(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        parser.error(f"--timesteps {text!r}: expected LOW,HIGH, e.g. 300,1000")
+    return low, high
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                  train_text_encoder=not args.no_text_encoder, drop_slot=args.drop_slot,
                                  loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr,
                                  text_encoder_targets=args.text_targets.split(",") if args.text_targets else None,
-                                 drop_caption=args.drop_caption, preservation=args.preservation, warmup_steps=args.warmup,
-                                 timestep_range=tuple(int(t) for t in args.timesteps.split(",")) if args.timesteps else None)
+                                 drop_caption=args.drop_caption, preservation=args.preservation,
+                                 warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps))
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

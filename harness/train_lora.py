@@ -97,12 +97,12 @@ def train_lora(
     horizontal flips (off by default: identity LoRAs care about asymmetry). ``snr_gamma`` turns on Min-SNR
     loss weighting and ``noise_offset`` adds that much per-channel offset noise (both as in diffusers'
     training scripts; use the base model's own training settings). ``text_encoder_learning_rate`` (default
-    ``learning_rate``) is the text-encoder LoRA's rate, as kohya's and diffusers' scripts allow. ``loraplus_lr_ratio`` trains the B matrices
-    that many times faster than the A matrices (LoRA+, peft's ``create_loraplus_optimizer``; 16 is the
-    paper's usual value). ``timestep_range`` (low, high) samples training timesteps in [low, high) only
-    (diffusers' "timestep bias" idea: spend the steps where a concept's layout and colours are decided).
-    ``warmup_steps`` raises every learning rate linearly from 0 over that many steps. ``on_step(step, loss)`` is
-    called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
+    ``learning_rate``) is the text-encoder LoRA's rate, as kohya's and diffusers' scripts allow.
+    ``loraplus_lr_ratio`` trains the B matrices that many times faster than the A matrices (LoRA+, peft's
+    ``create_loraplus_optimizer``; 16 is the paper's usual value). ``timestep_range`` (low, high) samples
+    training timesteps in [low, high) only (diffusers' "timestep bias" idea: spend the steps where a concept's
+    layout and colours are decided). ``warmup_steps`` raises every learning rate linearly from 0 over that many
+    steps. ``on_step(step, loss)`` is called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
     output_path = Path(output_path)
@@ -329,7 +329,8 @@ def _optimizer(parts: dict[str, tuple[torch.nn.Module, list[str]]], learning_rat
         else:
             from peft.optimizers import create_loraplus_optimizer
 
-            groups += create_loraplus_optimizer(module, torch.optim.AdamW, lr=rate, loraplus_lr_ratio=loraplus_lr_ratio,
+            groups += create_loraplus_optimizer(module, torch.optim.AdamW, lr=rate,
+                                                loraplus_lr_ratio=loraplus_lr_ratio,
                                                 weight_decay=WEIGHT_DECAY).param_groups
     return torch.optim.AdamW([group for group in groups if group["params"]], lr=learning_rate,
                              weight_decay=WEIGHT_DECAY)
@@ -393,7 +394,8 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
     if warmup_steps < 0:
         problems.append(f"warmup_steps must be >= 0 (got {warmup_steps})")
     if text_encoder_learning_rate is not None and not text_encoder_learning_rate > 0:
-        problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 (got {text_encoder_learning_rate})")
+        problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 "
+                        f"(got {text_encoder_learning_rate})")
     if problems:
         raise TrainingInputError("Cannot train the LoRA: " + "; ".join(problems) + ". Fix: correct those settings.")
 
@@ -464,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             resume=not args.no_resume, device=args.device, progress=not args.no_progress, flip=args.flip,
             snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
             text_encoder_learning_rate=args.text_encoder_lr,
-            timestep_range=tuple(args.timestep_range) if args.timestep_range else None, warmup_steps=args.warmup_steps,
+            timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
+            warmup_steps=args.warmup_steps,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

@@ -213,7 +213,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
                       train_text_encoder=train_text_encoder,
-                      text_encoder_target_modules=LORA_TEXT_TARGETS if text_encoder_targets is None else text_encoder_targets,
+                      text_encoder_target_modules=text_encoder_targets or LORA_TEXT_TARGETS,
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
                       progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
                       text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range,
