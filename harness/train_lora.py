@@ -21,13 +21,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import harness
 from harness.io import stable_hash
 from harness.training import TrainingInputError
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
-from harness.training.dataset import load_examples, open_rgb, resize_and_center_crop
+from harness.training.dataset import alpha_channel, has_alpha, load_examples, open_image, resize_and_center_crop
 from harness.training.lora_file import adapter_config, save_lora_file
 from harness.training.losses import denoising_loss
 
@@ -86,6 +87,7 @@ def train_lora(
     loraplus_lr_ratio: float | None = None,
     timestep_range: tuple[int, int] | None = None,
     warmup_steps: int = 0,
+    alpha_mask: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -102,7 +104,9 @@ def train_lora(
     ``create_loraplus_optimizer``; 16 is the paper's usual value). ``timestep_range`` (low, high) samples
     training timesteps in [low, high) only (diffusers' "timestep bias" idea: spend the steps where a concept's
     layout and colours are decided). ``warmup_steps`` raises every learning rate linearly from 0 over that many
-    steps. ``on_step(step, loss)`` is called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
+    steps. ``alpha_mask`` weights the loss by each image's alpha channel (kohya's masked loss: opaque pixels
+    count, transparent ones do not; an image without alpha counts everywhere), so a LoRA can learn a small
+    region (a face, an accessory) without spending itself on the rest. ``on_step(step, loss)`` is called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
     single-file base checkpoint (needed offline). Returns ``output_path``.
     """
     output_path = Path(output_path)
@@ -116,7 +120,7 @@ def train_lora(
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
         text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio,
-        timestep_range=timestep_range, warmup_steps=warmup_steps, on_step=on_step,
+        timestep_range=timestep_range, warmup_steps=warmup_steps, alpha_mask=alpha_mask, on_step=on_step,
         single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
@@ -148,6 +152,7 @@ def fit_lora(
     loraplus_lr_ratio: float | None = None,
     timestep_range: tuple[int, int] | None = None,
     warmup_steps: int = 0,
+    alpha_mask: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -165,7 +170,9 @@ def fit_lora(
     _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
                     noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range, warmup_steps)
 
-    pixels = torch.stack([_to_tensor(resize_and_center_crop(open_rgb(image), resolution)) for image, _ in examples])
+    images = [open_image(image) for image, _ in examples]
+    pixels = torch.stack([_to_tensor(resize_and_center_crop(image.convert("RGB"), resolution)) for image in images])
+    masks = _alpha_masks(images, [image for image, _ in examples], resolution) if alpha_mask else None
     captions = [caption for _, caption in examples]
 
     pipe = load_pipeline(base_model, scheduler="default", dtype="float32", device=device,
@@ -182,6 +189,9 @@ def fit_lora(
                                  f"end it at {noise_scheduler.config.num_train_timesteps} or less.")
 
     latent_mean, latent_std = _encode_images(vae, pixels, batch_size, run_device, flip)
+    if masks is not None:  # to latent resolution, in the same orientations as the latents
+        masks = F.interpolate(masks, size=latent_mean.shape[-2:], mode="area")
+        masks = torch.stack([masks, masks.flip(-1)] if flip else [masks]).to(run_device)
     input_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                           return_tensors="pt").input_ids.to(run_device)
     cached_text = None
@@ -222,6 +232,7 @@ def fit_lora(
         **({"text_encoder_lr": text_encoder_learning_rate} if text_encoder_learning_rate else {}),
         **({"timestep_range": list(timestep_range)} if timestep_range else {}),
         **({"warmup_steps": warmup_steps} if warmup_steps else {}),
+        **({"alpha_mask": hashlib.sha256(masks.cpu().numpy().tobytes()).hexdigest()} if masks is not None else {}),
     })
     start_step, losses = 0, []
     if checkpoint_dir and resume:
@@ -260,7 +271,8 @@ def fit_lora(
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
         prediction = unet(noisy, timesteps, text_states).sample
-        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma)
+        pixel_weights = masks[orientation, index] if masks is not None else None
+        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma, pixel_weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
@@ -287,6 +299,7 @@ def fit_lora(
         "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "loraplus_lr_ratio": loraplus_lr_ratio,
         "text_encoder_learning_rate": text_encoder_learning_rate if train_text_encoder else None,
         "timestep_range": list(timestep_range) if timestep_range else None, "warmup_steps": warmup_steps,
+        "alpha_mask": alpha_mask,
         "prediction_type": prediction_type,
         "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
@@ -338,6 +351,27 @@ def _optimizer(parts: dict[str, tuple[torch.nn.Module, list[str]]], learning_rat
 
 def _derived_seed(seed: int, *names: Any) -> int:
     return int(stable_hash([seed, *names]), 16) % (2**63)
+
+
+def _alpha_masks(images: list[Image.Image], sources: list, resolution: int) -> torch.Tensor:
+    """Loss weights in [0, 1] from the images' alpha channels, cropped like the images: (N, 1, H, W)."""
+    if not any(has_alpha(image) for image in images):
+        raise TrainingInputError("Cannot train with alpha_mask: none of the training images has an alpha "
+                                 "channel. Fix: save the images as RGBA PNGs whose alpha marks the region to "
+                                 "learn (opaque) and the rest (transparent), or train without --alpha-mask.")
+    masks = []
+    for number, (image, source) in enumerate(zip(images, sources)):
+        mask = np.asarray(resize_and_center_crop(alpha_channel(image), resolution), dtype=np.float32) / 255.0
+        if not mask.any():
+            raise TrainingInputError(f"The training image {_describe(source, number)} is fully transparent, so with "
+                                     "alpha_mask it would teach nothing. Fix: make the region to learn opaque "
+                                     "in its alpha channel, or remove the image.")
+        masks.append(torch.from_numpy(mask)[None])
+    return torch.stack(masks)
+
+
+def _describe(source: Any, number: int) -> str:
+    return repr(str(source)) if isinstance(source, (str, Path)) else f"number {number} (in-memory)"
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -436,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timestep-range", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="train on timesteps in [LOW, HIGH) only (e.g. 300 1000)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (steps)")
+    parser.add_argument("--alpha-mask", action="store_true",
+                        help="weight the loss by each image's alpha channel (masked loss; RGBA PNGs)")
     parser.add_argument("--loraplus-lr-ratio", type=float, default=None,
                         help="LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)")
     parser.add_argument("--checkpoint-dir", default=None)
@@ -467,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
             text_encoder_learning_rate=args.text_encoder_lr,
             timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
-            warmup_steps=args.warmup_steps,
+            warmup_steps=args.warmup_steps, alpha_mask=args.alpha_mask,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

@@ -330,6 +330,60 @@ def test_timestep_range_limits_the_training_timesteps(tiny_base, monkeypatch):
         fit_lora(tiny_base, EXAMPLES, rank=2, steps=1, timestep_range=(10, 10), **QUICK)
 
 
+def _with_alpha(image: Image.Image, opaque: tuple[slice, slice] | None) -> Image.Image:
+    """``image`` as RGBA, opaque in the ``opaque`` (rows, columns) box only (everywhere when None)."""
+    alpha = np.full(image.size[::-1], 255 if opaque is None else 0, dtype=np.uint8)
+    if opaque is not None:
+        alpha[opaque] = 255
+    return Image.fromarray(np.dstack([np.asarray(image), alpha]))
+
+
+def test_alpha_mask_weights_the_loss_by_the_alpha_channel(tiny_base):
+    def losses(examples, alpha_mask):
+        seen: list[float] = []
+        result = fit_lora(tiny_base, examples, rank=2, steps=3, alpha_mask=alpha_mask,
+                          on_step=lambda step, loss: seen.append(loss), **QUICK)
+        return seen, result
+
+    opaque = [(_with_alpha(image, None), caption) for image, caption in EXAMPLES]
+    centre = [(_with_alpha(image, (slice(8, 24), slice(8, 24))), caption) for image, caption in EXAMPLES]
+    plain, _ = losses(EXAMPLES, False)
+    all_opaque, _ = losses(opaque, True)
+    masked, result = losses(centre, True)
+    unmasked_rgba, _ = losses(centre, False)  # without the option the alpha channel is ignored
+    assert all_opaque == pytest.approx(plain, rel=1e-5)
+    assert unmasked_rgba == pytest.approx(plain, rel=1e-5)
+    assert masked != pytest.approx(plain, rel=1e-3)
+    assert result.record["alpha_mask"] is True
+
+
+def test_alpha_mask_needs_alpha_and_something_opaque(tiny_base):
+    with pytest.raises(TrainingInputError, match="none of the training images has an alpha channel"):
+        fit_lora(tiny_base, EXAMPLES, rank=2, steps=1, alpha_mask=True, **QUICK)
+    clear = [(_with_alpha(EXAMPLES[0][0], (slice(0, 0), slice(0, 0))), "zqx toy")] + EXAMPLES[1:]
+    with pytest.raises(TrainingInputError, match="number 0 .* fully transparent"):
+        fit_lora(tiny_base, clear, rank=2, steps=1, alpha_mask=True, **QUICK)
+
+
+def test_cli_alpha_mask_reads_rgba_files(tiny_base, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, (image, _) in enumerate(EXAMPLES):
+        _with_alpha(image, (slice(4, 28), slice(4, 28))).save(images / f"{index}.png")
+    out = tmp_path / "masked.safetensors"
+    code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out", str(out),
+                 "--steps", "2", "--resolution", "32", "--device", "cpu", "--no-progress", "--alpha-mask"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(read_lora_metadata(out)["alpha_mask"]) is True
+    opaque = _write_images(tmp_path / "opaque")  # RGB files: nothing to mask with
+    code = main(["--base", str(tiny_base), "--images", str(opaque), "--trigger", "zqx", "--out",
+                 str(tmp_path / "none.safetensors"), "--steps", "1", "--resolution", "32", "--device", "cpu",
+                 "--no-progress", "--alpha-mask"])
+    error = capsys.readouterr().err
+    assert code == 2 and "alpha channel" in error and "Fix" in error
+    assert "Traceback" not in error and not (tmp_path / "none.safetensors").exists()
+
+
 @pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1"),
                                             ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0"),
                                             ("--warmup-steps", "-1")])

@@ -54,3 +54,22 @@ def test_min_snr_epsilon_weight_is_finite_at_zero_terminal_snr():
     timesteps = torch.tensor([0, 300, 700, 999])  # t=999 has SNR 0 here
     assert compute_snr(scheduler, timesteps)[-1] == 0
     assert torch.isfinite(denoising_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma=5.0))
+
+
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_pixel_weights_average_the_error_over_the_weighted_pixels(snr_gamma):
+    prediction, latents, noise, timesteps = _batch()
+    scheduler = DDPMScheduler(**SD15)
+    plain = denoising_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma)
+    ones = torch.ones(4, 1, 8, 8)
+    assert torch.isclose(denoising_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma, ones), plain)
+    assert torch.isclose(denoising_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma, 0.3 * ones),
+                         plain)  # a weighted mean: the scale of the weights does not matter
+    region = torch.zeros(4, 1, 8, 8)
+    region[..., 2:5, 1:6] = 1.0
+    # only the region's error counts: a prediction that is right there and wrong elsewhere has no loss
+    mended = torch.where(region.bool().expand_as(prediction), noise, prediction)
+    assert denoising_loss(scheduler, mended, latents, noise, timesteps, snr_gamma, region) == 0
+    assert denoising_loss(scheduler, mended, latents, noise, timesteps, snr_gamma) > 0
+    inside = ((prediction - noise) ** 2)[..., 2:5, 1:6].mean()
+    assert torch.isclose(denoising_loss(scheduler, prediction, latents, noise, timesteps, None, region), inside)

@@ -59,18 +59,35 @@ def load_examples(
     return examples
 
 
-def open_rgb(image: Image.Image | str | Path) -> Image.Image:
-    """The image as RGB; a file that cannot be read is a TrainingInputError naming it."""
+def open_image(image: Image.Image | str | Path) -> Image.Image:
+    """The image as stored (upright by its EXIF orientation); a file that cannot be read is a
+    TrainingInputError naming it."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return image
     try:
         with Image.open(image) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            return ImageOps.exif_transpose(opened).copy()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise TrainingInputError(
             f"Could not read the training image {str(image)!r} ({type(error).__name__}: {error}). "
             "Fix: replace or remove that file (it must be a readable PNG/JPEG/WebP/BMP image)."
         ) from error
+
+
+def open_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """The image as RGB (see ``open_image``)."""
+    return open_image(image).convert("RGB")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def alpha_channel(image: Image.Image) -> Image.Image:
+    """The image's alpha channel as an "L" image (255 = opaque); an image without one is fully opaque."""
+    if not has_alpha(image):
+        return Image.new("L", image.size, 255)
+    return image.convert("RGBA").getchannel("A")
 
 
 def resize_and_center_crop(image: Image.Image, resolution: int) -> Image.Image:
