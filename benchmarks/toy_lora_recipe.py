@@ -19,7 +19,7 @@ Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--
 ``--te-lr 1e-2`` (text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range),
 ``--warmup 100`` (rate warm-up), ``--drop-slot 0`` / ``--drop-caption 0.1`` (captions), ``--preservation 96``
 (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on
-the token embeddings too).
+the token embeddings too), ``--mask-floor 0.1`` (masked loss: the concept's slot region weighs 1, the rest 0.1).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preservation", type=int, default=0,
                         help="extra generic renders with generic captions (prior preservation)")
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    parser.add_argument("--mask-floor", type=float, default=None,
+                        help="masked loss: weight 1 on the concept's slot region, this weight elsewhere")
     parser.add_argument("--drop-caption", type=float, default=0.0, help="share of empty captions")
     parser.add_argument("--text-targets", default=None,
                         help=f"comma list of text-encoder LoRA targets (default {','.join(build.LORA_TEXT_TARGETS)}); "
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                                  loraplus_lr_ratio=args.loraplus, text_encoder_learning_rate=args.te_lr,
                                  text_encoder_targets=args.text_targets.split(",") if args.text_targets else None,
                                  drop_caption=args.drop_caption, preservation=args.preservation,
-                                 warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps))
+                                 warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps),
+                                 mask_floor=args.mask_floor)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

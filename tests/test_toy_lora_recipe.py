@@ -59,7 +59,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
 
     assert toy_lora_recipe.main(["--loras", "object_2", "--steps", "1", "--examples", "4", "--images", "1",
                                  "--te-lr", "1e-2", "--timesteps", "300,1000", "--loraplus", "4",
-                                 "--text-targets", "q_proj,token_embedding", "--warmup", "1",
+                                 "--text-targets", "q_proj,token_embedding", "--warmup", "1", "--mask-floor", "0.1",
                                  "--work", str(tmp_path)]) == 0
     path = tmp_path / "lora" / "object_2.safetensors"
     metadata = read_lora_metadata(path)
@@ -67,6 +67,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
     assert json.loads(metadata["timestep_range"]) == [300, 1000]
     assert json.loads(metadata["loraplus_lr_ratio"]) == 4.0 and json.loads(metadata["warmup_steps"]) == 1
     assert json.loads(metadata["text_encoder_target_modules"]) == ["q_proj", "token_embedding"]
+    assert json.loads(metadata["alpha_mask"]) is True
     with safe_open(str(path), "pt") as lora:
         assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
 
@@ -97,3 +98,20 @@ def test_preservation_adds_generic_scenes_and_keeps_the_concept_examples():
     trigger = world.CONCEPTS_BY_ID["object_2"].trigger[0]
     assert all(trigger in caption for _, caption in mixed[:6])
     assert not any(trigger in caption for _, caption in mixed[6:])
+
+
+def test_mask_floor_marks_the_concept_region_opaque():
+    import numpy as np
+
+    from harness.toy.build import lora_examples
+
+    plain = lora_examples("object_2", 4, seed=3)
+    masked = lora_examples("object_2", 4, seed=3, mask_floor=0.1)
+    for (rgb, caption), (rgba, masked_caption) in zip(plain, masked):
+        assert rgb.mode == "RGB" and rgba.mode == "RGBA" and caption == masked_caption
+        pixels = np.asarray(rgba)
+        np.testing.assert_array_equal(pixels[..., :3], np.asarray(rgb))  # the same scenes
+        alpha = pixels[..., 3]
+        assert set(np.unique(alpha)) == {26, 255}
+        assert 100 <= (alpha == 255).sum() <= 144  # the 9-px icon's box (11 x 11 +- rounding)
+        assert (alpha[:13, 18:] == 255).sum() == (alpha == 255).sum()  # at the top right, where the icon is

@@ -34,6 +34,22 @@ def test_every_slot_changes_the_image():
         assert np.abs(changed - reference).sum() > 0, category
 
 
+def test_regions_cover_what_each_slot_changes():
+    spec = world.sample_generic_spec(np.random.default_rng(4)).replace(style=("natural", "smooth"))
+    image, regions = world.render_with_regions(spec, np.random.default_rng(9))
+    np.testing.assert_array_equal(image, world.render(spec, np.random.default_rng(9)))  # same rng use
+    assert set(regions) == set(world.CATEGORIES) and regions["style"].all()
+    np.testing.assert_array_equal(regions["background"], ~(regions["character"] | regions["object"]))
+    # a new variant changes pixels inside the region only (for the character: its colour; a shape is a new region)
+    for category in ("character", "clothing", "object"):
+        for other in world.generic_variants(category):
+            if category == "character" and other[1] != spec.character[1]:
+                continue
+            changed = world.render(spec.replace(**{category: other}), np.random.default_rng(9)).astype(int)
+            moved = np.abs(changed - image.astype(int)).sum(axis=2) > 0
+            assert not (moved & ~regions[category]).any(), (category, other)
+
+
 def test_object_shapes_are_legible_at_the_icon_size():
     # at 7 px a ball and a cross differed by 4 pixels and the base model drew one blob for every shape
     import itertools

@@ -151,11 +151,15 @@ LORA_LEARNING_RATE = 2e-3
 
 
 def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25,
-                  drop_caption: float = 0.0, preservation: int = 0) -> list[tuple[Image.Image, str]]:
+                  drop_caption: float = 0.0, preservation: int = 0,
+                  mask_floor: float | None = None) -> list[tuple[Image.Image, str]]:
     """Renders with the concept in its slot and random generic others; captions name the others (each
     dropped with ``drop_slot``); with ``drop_caption`` that share of the captions is empty. ``preservation``
     adds that many generic scenes with generic captions (DreamBooth's prior preservation, with exact renders
-    in place of base-model samples: they hold the generic words to their meaning while the LoRA learns)."""
+    in place of base-model samples: they hold the generic words to their meaning while the LoRA learns).
+    With ``mask_floor`` the concept renders are RGBA: alpha 1 on the concept's slot region
+    (``world.render_with_regions``), ``mask_floor`` elsewhere, for ``train_lora``'s ``alpha_mask``; preservation
+    renders stay opaque."""
     from harness.toy import world
 
     rng = np.random.default_rng(seed)
@@ -165,7 +169,11 @@ def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.2
         caption = world.caption(spec, rng, drop_slot=drop_slot, concepts=(concept_id,))
         if drop_caption and rng.random() < drop_caption:
             caption = ""
-        examples.append((Image.fromarray(world.render(spec, rng)), caption))
+        image, regions = world.render_with_regions(spec, rng)
+        if mask_floor is not None:
+            alpha = np.where(regions[world.CONCEPTS_BY_ID[concept_id].category], 255, round(255 * mask_floor))
+            image = np.dstack([image, alpha.astype(np.uint8)])
+        examples.append((Image.fromarray(image), caption))
     generic_rng = np.random.default_rng([seed, 1])  # its own stream: the concept examples stay the same
     for _ in range(preservation):
         spec = world.sample_generic_spec(generic_rng)
@@ -199,7 +207,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                        loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None,
                        text_encoder_targets: list[str] | None = None, drop_caption: float = 0.0,
                        timestep_range: tuple[int, int] | None = None, preservation: int = 0,
-                       warmup_steps: int = 0) -> Path:
+                       warmup_steps: int = 0, mask_floor: float | None = None) -> Path:
     """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
     ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
     (default ``LORA_LOSS``, the base model's)."""
@@ -209,7 +217,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
     number = [concept.id for concept in world.CONCEPTS].index(concept_id)
     concept = world.CONCEPTS[number]
     renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot,
-                            drop_caption=drop_caption, preservation=preservation)
+                            drop_caption=drop_caption, preservation=preservation, mask_floor=mask_floor)
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
                       batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
                       train_text_encoder=train_text_encoder,
@@ -217,7 +225,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
                       progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
                       text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range,
-                      warmup_steps=warmup_steps, **(LORA_LOSS if loss is None else loss))
+                      warmup_steps=warmup_steps, alpha_mask=mask_floor is not None, **(LORA_LOSS if loss is None else loss))
 
 
 def build_references(out: Path, budget: Budget) -> None:

@@ -258,6 +258,13 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int 
 
 def render(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
     """Draw ``spec`` as an (32, 32, 3) uint8 image; ``rng`` adds +-1 px and small colour jitter."""
+    return render_with_regions(spec, rng)[0]
+
+
+def render_with_regions(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``render`` (the same image for the same ``rng`` state) plus each slot's region as a (32, 32) bool mask:
+    the figure for character and clothing, a box one pixel around the icon for object, the rest for background,
+    everything for style. The LoRA build weights its loss with them (``train_lora``'s ``alpha_mask``)."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
     # background: colour + pattern (lines lighter or darker than the base colour)
     bg_colour, bg_pattern = spec.background
@@ -282,6 +289,7 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
     obj_colour, obj_shape = spec.object
     oy, ox = OBJECT_CENTRE[0] + rng.integers(-1, 2), OBJECT_CENTRE[1] + rng.integers(-1, 2)
     image[_shape_mask(obj_shape, OBJECT_SIZE, yy, xx, oy, ox)] = _jitter(rng, OBJECT_COLOURS[obj_colour])
+    icon_box = (np.abs(yy - oy) <= OBJECT_SIZE / 2 + 1) & (np.abs(xx - ox) <= OBJECT_SIZE / 2 + 1)
     # style: a strong global palette transform, then a texture
     palette, texture = spec.style
     if palette == "warm":
@@ -295,7 +303,9 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
     elif texture == "frame":
         border = (yy < 3) | (yy >= SIZE - 3) | (xx < 3) | (xx >= SIZE - 3)
         image[border] = (15, 15, 15)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    regions = {"character": figure, "clothing": figure, "object": icon_box, "background": ~(figure | icon_box),
+               "style": np.ones((SIZE, SIZE), bool)}
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), regions
 
 
 def concept_spec(concept_id: str, rng: np.random.Generator) -> SceneSpec:
