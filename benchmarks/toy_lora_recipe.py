@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preservation", type=int, default=0,
                         help="extra generic renders with generic captions (prior preservation)")
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    parser.add_argument("--unet-targets", default=None,
+                        help="comma list of UNet modules for the LoRA (default: the build's, harness.toy.build)")
     parser.add_argument("--mask-floor", type=float, default=None,
                         help="masked loss: weight 1 on the concept's slot region, this weight elsewhere")
     parser.add_argument("--drop-caption", type=float, default=0.0, help="share of empty captions")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                  text_encoder_targets=args.text_targets.split(",") if args.text_targets else None,
                                  drop_caption=args.drop_caption, preservation=args.preservation,
                                  warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps),
-                                 mask_floor=args.mask_floor)
+                                 mask_floor=args.mask_floor,
+                                 unet_targets=args.unet_targets.split(",") if args.unet_targets else None)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)

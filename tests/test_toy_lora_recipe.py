@@ -60,6 +60,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
     assert toy_lora_recipe.main(["--loras", "object_2", "--steps", "1", "--examples", "4", "--images", "1",
                                  "--te-lr", "1e-2", "--timesteps", "300,1000", "--loraplus", "4",
                                  "--text-targets", "q_proj,token_embedding", "--warmup", "1", "--mask-floor", "0.1",
+                                 "--unet-targets", "to_q,conv1",
                                  "--work", str(tmp_path)]) == 0
     path = tmp_path / "lora" / "object_2.safetensors"
     metadata = read_lora_metadata(path)
@@ -68,6 +69,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
     assert json.loads(metadata["loraplus_lr_ratio"]) == 4.0 and json.loads(metadata["warmup_steps"]) == 1
     assert json.loads(metadata["text_encoder_target_modules"]) == ["q_proj", "token_embedding"]
     assert json.loads(metadata["alpha_mask"]) is True
+    assert json.loads(metadata["unet_target_modules"]) == ["to_q", "conv1"]
     with safe_open(str(path), "pt") as lora:
         assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
 

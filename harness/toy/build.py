@@ -207,7 +207,8 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
                        loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None,
                        text_encoder_targets: list[str] | None = None, drop_caption: float = 0.0,
                        timestep_range: tuple[int, int] | None = None, preservation: int = 0,
-                       warmup_steps: int = 0, mask_floor: float | None = None) -> Path:
+                       warmup_steps: int = 0, mask_floor: float | None = None,
+                       unet_targets: list[str] | None = None) -> Path:
     """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
     ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
     (default ``LORA_LOSS``, the base model's)."""
@@ -219,7 +220,7 @@ def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, ex
     renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot,
                             drop_caption=drop_caption, preservation=preservation, mask_floor=mask_floor)
     return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
-                      batch_size=batch_size, resolution=world.SIZE, unet_target_modules=LORA_UNET_TARGETS,
+                      batch_size=batch_size, resolution=world.SIZE, unet_target_modules=unet_targets or LORA_UNET_TARGETS,
                       train_text_encoder=train_text_encoder,
                       text_encoder_target_modules=text_encoder_targets or LORA_TEXT_TARGETS,
                       seed=SEED + number, device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
