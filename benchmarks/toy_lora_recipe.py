@@ -19,7 +19,8 @@ Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--
 ``--te-lr 1e-2`` (text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range),
 ``--warmup 100`` (rate warm-up), ``--drop-slot 0`` / ``--drop-caption 0.1`` (captions), ``--preservation 96``
 (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on
-the token embeddings too), ``--mask-floor 0.1`` (masked loss: the concept's slot region weighs 1, the rest 0.1).
+the token embeddings too), ``--mask-floor 0.1`` (masked loss: the concept's slot region weighs 1, the rest 0.1;
+``none``: plain loss; by default the build's choice, masked for objects only).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from harness.toy import build, world
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_quality  # noqa: E402
+
+
+def _mask_floor(text: str) -> float | str | None:
+    if text == build.BUILD_RECIPE:  # argparse passes the default through here too
+        return text
+    return None if text.lower() == "none" else float(text)
 
 
 def _timesteps(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:
@@ -70,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
     parser.add_argument("--unet-targets", default=None,
                         help="comma list of UNet modules for the LoRA (default: the build's, harness.toy.build)")
-    parser.add_argument("--mask-floor", type=float, default=None,
-                        help="masked loss: weight 1 on the concept's slot region, this weight elsewhere")
+    parser.add_argument("--mask-floor", type=_mask_floor, default=build.BUILD_RECIPE,
+                        help="masked loss: weight 1 on the concept's slot region, this weight elsewhere; 'none' "
+                             f"for a plain loss (default: the build's, masked for {sorted(build.LORA_MASK_FLOOR)})")
     parser.add_argument("--drop-caption", type=float, default=0.0, help="share of empty captions")
     parser.add_argument("--text-targets", default=None,
                         help=f"comma list of text-encoder LoRA targets (default {','.join(build.LORA_TEXT_TARGETS)}); "

@@ -106,8 +106,9 @@ def train_lora(
     layout and colours are decided). ``warmup_steps`` raises every learning rate linearly from 0 over that many
     steps. ``alpha_mask`` weights the loss by each image's alpha channel (kohya's masked loss: opaque pixels
     count, transparent ones do not; an image without alpha counts everywhere), so a LoRA can learn a small
-    region (a face, an accessory) without spending itself on the rest. ``on_step(step, loss)`` is called after every optimizer step. ``single_file_config`` is the diffusers config folder for a
-    single-file base checkpoint (needed offline). Returns ``output_path``.
+    region (a face, an accessory) without spending itself on the rest. ``on_step(step, loss)`` is called
+    after every optimizer step. ``single_file_config`` is the diffusers config folder for a single-file base
+    checkpoint (needed offline). Returns ``output_path``.
     """
     output_path = Path(output_path)
     if output_path.suffix != ".safetensors":

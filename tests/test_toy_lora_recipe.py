@@ -117,3 +117,19 @@ def test_mask_floor_marks_the_concept_region_opaque():
         assert set(np.unique(alpha)) == {26, 255}
         assert 100 <= (alpha == 255).sum() <= 144  # the 9-px icon's box (11 x 11 +- rounding)
         assert (alpha[:13, 18:] == 255).sum() == (alpha == 255).sum()  # at the top right, where the icon is
+
+
+def test_the_build_trains_object_loras_masked_and_the_others_plain(tmp_path):
+    import json
+
+    from harness.toy import build
+    from harness.training.lora_file import read_lora_metadata
+
+    def alpha_mask(concept_id: str, **options) -> bool:
+        path = build.train_concept_lora(LORAS.parent / "base", concept_id, tmp_path / f"{concept_id}.safetensors",
+                                        steps=1, examples=4, batch_size=2, **options)
+        return json.loads(read_lora_metadata(path)["alpha_mask"])
+
+    assert build.LORA_MASK_FLOOR == {"object": 0.1}
+    assert alpha_mask("object_2") is True and alpha_mask("clothing_1") is False
+    assert alpha_mask("object_2", mask_floor=None) is False
