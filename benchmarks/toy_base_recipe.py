@@ -9,6 +9,8 @@ prints the oracle's per-slot accuracy on 64 images from generic captions (the me
     python benchmarks/toy_base_recipe.py --steps 800 --batch 64 --snr-gamma 5 --ema   # Min-SNR + EMA
     python benchmarks/toy_base_recipe.py --steps 800 --batch 64 --snr-gamma 5 --ema --noise-offset 0.1
     python benchmarks/toy_base_recipe.py --steps 1600 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1
+    python benchmarks/toy_base_recipe.py --steps 4500 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1 \
+        --phrase-shuffle --phrase-repeat 0.25    # caption phrases at any token position (~25 min)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from harness.toy.oracle import Oracle
 from harness.toy.tokenizer import build_toy_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_quality import generate  # noqa: E402
+from toy_quality import generate, shifted_accuracy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema", action="store_true")
     parser.add_argument("--zero-terminal-snr", action="store_true", help="rescaled betas + v-prediction")
     parser.add_argument("--attention-16", action="store_true", help="cross-attention at the 16x16 level too")
+    parser.add_argument("--phrase-shuffle", action="store_true", help="shuffle caption phrases (augment_caption)")
+    parser.add_argument("--phrase-repeat", type=float, default=0.0, help="repeat each caption phrase with this p")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -56,16 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     unet, text_encoder = base_model.train_unet(
         base_model.render_pool(8192, 0), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
         snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule,
-        attention_at_16=args.attention_16)
+        attention_at_16=args.attention_16, phrase_shuffle=args.phrase_shuffle, phrase_repeat=args.phrase_repeat)
     with tempfile.TemporaryDirectory() as folder:
         base_model.save_pipeline(folder, vae, unet, text_encoder, tokenizer, schedule)
         pipe = load_pipeline(folder, scheduler="dpmsolver++", device="cpu")
         pipe.set_progress_bar_config(disable=True)
         rng = np.random.default_rng(2)
         specs = [world.sample_generic_spec(rng) for _ in range(args.images)]
-        images = generate(pipe, [world.caption(spec) for spec in specs], list(range(args.images)),
-                          dict(steps=20, guidance_scale=7.5, height=world.SIZE, width=world.SIZE))
-    predictions = Oracle.load(args.testbed / "oracle").predict(images)
+        sampling = dict(steps=20, guidance_scale=7.5, height=world.SIZE, width=world.SIZE)
+        images = generate(pipe, [world.caption(spec) for spec in specs], list(range(args.images)), sampling)
+        oracle = Oracle.load(args.testbed / "oracle")
+        shifted_accuracy(pipe, oracle, specs, sampling)
+    predictions = oracle.predict(images)
     per_slot = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
                 for c in world.CATEGORIES}
     print(f"{vars(args)}\nper-slot accuracy: " + "  ".join(f"{c} {v:.3f}" for c, v in per_slot.items())

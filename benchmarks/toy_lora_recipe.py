@@ -20,7 +20,8 @@ Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--
 ``--warmup 100`` (rate warm-up), ``--drop-slot 0`` / ``--drop-caption 0.1`` (captions), ``--preservation 96``
 (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on
 the token embeddings too), ``--mask-floor 0.1`` (masked loss: the concept's slot region weighs 1, the rest 0.1;
-``none``: plain loss; by default the build's choice, masked for objects only).
+``none``: plain loss; by default the build's choice, masked for objects only), ``--unet-targets`` (other UNet
+modules), ``--triggers-last`` (trigger phrases after the generic ones, in training captions and measured prompts).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preservation", type=int, default=0,
                         help="extra generic renders with generic captions (prior preservation)")
     parser.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    parser.add_argument("--triggers-last", action="store_true",
+                        help="captions and measured prompts with the trigger phrases after the generic ones")
     parser.add_argument("--unet-targets", default=None,
                         help="comma list of UNet modules for the LoRA (default: the build's, harness.toy.build)")
     parser.add_argument("--mask-floor", type=_mask_floor, default=build.BUILD_RECIPE,
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                                  drop_caption=args.drop_caption, preservation=args.preservation,
                                  warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps),
                                  mask_floor=args.mask_floor,
-                                 unet_targets=args.unet_targets.split(",") if args.unet_targets else None)
+                                 unet_targets=args.unet_targets.split(",") if args.unet_targets else None,
+                                 triggers_last=args.triggers_last)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch_config = args.work / "testbed.yaml"
     OmegaConf.save(config, scratch_config)
     measure = ["--testbed", str(scratch_config), "--images", str(args.images), "--skip-base", "--loras", args.loras]
+    measure += ["--triggers-last"] if args.triggers_last else []
     return toy_quality.main(measure + (["--scale", str(args.scale)] if args.scale is not None else []))
 
 

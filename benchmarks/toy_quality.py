@@ -1,7 +1,8 @@
 """Toy-world quality targets, measured (nothing hard-coded): ``python benchmarks/toy_quality.py``.
 
 1. Oracle: per-slot accuracy on clean renders and on VAE round-trips; agreement of its two members.
-2. Base model on generic captions: per-slot oracle accuracy (target: mean >= 0.8).
+2. Base model on generic captions: per-slot oracle accuracy (target: mean >= 0.8); and with the character
+   phrase said twice, which moves every later phrase 4 tokens on (is a slot read at any position?).
 3. Each LoRA alone (prompt = base prompt + its triggers + random generic phrases for the other four
    slots): concept present (target >= 0.8), other prompted slots kept (target >= 0.7); and the same
    prompt without the LoRA (how often the base draws the concept unaided).
@@ -96,6 +97,19 @@ def separations(results: Path) -> list[dict]:
     return found
 
 
+def shifted_accuracy(pipe, oracle: Oracle, specs: list, sampling: dict) -> dict[str, float]:
+    """Per-slot accuracy on generic captions with the character phrase said twice: every later phrase sits 4
+    tokens further on, as when a LoRA's trigger phrases are longer than the generic phrase they replace."""
+    doubled = [world.caption(spec).replace(phrase, f"{phrase}, {phrase}")
+               for spec in specs for phrase in [world.slot_phrase("character", spec.character)]]
+    predictions = oracle.predict(generate(pipe, doubled, list(range(len(specs))), sampling))
+    accuracy = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
+                for c in world.CATEGORIES}
+    print("  character phrase doubled (later phrases +4 tokens): "
+          + "  ".join(f"{c} {v:.3f}" for c, v in accuracy.items()))
+    return accuracy
+
+
 def named_combinations(pipe, oracle: Oracle, images: int, sampling: dict) -> dict[str, float]:
     """Per concept: how often the base model draws it when its attribute pair is named in generic words."""
     rates = {}
@@ -119,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
     parser.add_argument("--loras", default=None, help="comma list of LoRA ids (default all; 'none' to skip)")
     parser.add_argument("--skip-base", action="store_true")
+    parser.add_argument("--triggers-last", action="store_true",
+                        help="LoRA prompts with the trigger phrases after the generic ones (world.caption)")
     parser.add_argument("--named", action="store_true",
                         help="also: each held-back combination prompted in generic words, without a LoRA")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
               + ("MET" if mean >= TARGETS["base_slot_accuracy"] else "NOT MET")
               + f" | all five right {every:.3f} | oracle members agree {figures['base']['oracle_agreement']:.3f}")
         print("  per attribute: " + "  ".join(f"{name} {value:.3f}" for name, value in per_attribute.items()))
+        figures["base"]["shifted_per_slot"] = shifted_accuracy(pipe, oracle, specs, sampling)
 
     if args.named:
         figures["named"] = named_combinations(pipe, oracle, args.images, sampling)
@@ -182,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         concept = world.CONCEPTS_BY_ID[concept_id]
         rng = np.random.default_rng(100 + number)
         specs = [world.concept_spec(concept_id, rng) for _ in range(args.images)]
-        prompts = [world.caption(spec, concepts=(concept_id,)) for spec in specs]
+        prompts = [world.caption(spec, concepts=(concept_id,), triggers_last=args.triggers_last) for spec in specs]
         seeds = list(range(args.images))
         pipe.set_adapters([concept_id], [scale])
         predictions = oracle.predict(generate(pipe, prompts, seeds, sampling))

@@ -60,7 +60,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
     assert toy_lora_recipe.main(["--loras", "object_2", "--steps", "1", "--examples", "4", "--images", "1",
                                  "--te-lr", "1e-2", "--timesteps", "300,1000", "--loraplus", "4",
                                  "--text-targets", "q_proj,token_embedding", "--warmup", "1", "--mask-floor", "0.1",
-                                 "--unet-targets", "to_q,conv1",
+                                 "--unet-targets", "to_q,conv1", "--triggers-last",
                                  "--work", str(tmp_path)]) == 0
     path = tmp_path / "lora" / "object_2.safetensors"
     metadata = read_lora_metadata(path)
@@ -70,6 +70,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
     assert json.loads(metadata["text_encoder_target_modules"]) == ["q_proj", "token_embedding"]
     assert json.loads(metadata["alpha_mask"]) is True
     assert json.loads(metadata["unet_target_modules"]) == ["to_q", "conv1"]
+    assert all(caption.endswith("plumcharm, grape token") for caption in json.loads(metadata["captions"]))
     with safe_open(str(path), "pt") as lora:
         assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
 
@@ -133,3 +134,16 @@ def test_the_build_trains_object_loras_masked_and_the_others_plain(tmp_path):
     assert build.LORA_MASK_FLOOR == {"object": 0.1}
     assert alpha_mask("object_2") is True and alpha_mask("clothing_1") is False
     assert alpha_mask("object_2", mask_floor=None) is False
+
+
+def test_toy_quality_measures_the_base_with_shifted_phrases(tmp_path):
+    import json
+
+    import toy_quality
+
+    out = tmp_path / "figures.json"
+    assert toy_quality.main(["--images", "2", "--loras", "none", "--threads", "1", "--json", str(out)]) == 0
+    base = json.loads(out.read_text())["base"]
+    assert set(base["shifted_per_slot"]) == set(base["per_slot"]) == {"character", "clothing", "style", "background",
+                                                                      "object"}
+    assert all(rate in (0.0, 0.5, 1.0) for rate in base["shifted_per_slot"].values())  # two images each

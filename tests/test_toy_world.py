@@ -191,13 +191,42 @@ def test_base_training_options_each_change_the_trained_unet():
     vae = base_model.build_vae().eval()
     tokenizer = build_toy_tokenizer(world.vocabulary())
     options = {"plain": {}, "again": {}, "ema": {"ema": True}, "offset": {"noise_offset": 0.1},
-               "min_snr": {"snr_gamma": 5.0}}
+               "min_snr": {"snr_gamma": 5.0}, "phrases": {"phrase_shuffle": True, "phrase_repeat": 0.5}}
     weights = {}
     for name, extra in options.items():
         unet, _ = base_model.train_unet(pool, vae, tokenizer, steps=2, batch_size=4, seed=0, log=lambda _: None, **extra)
         weights[name] = unet.conv_in.weight.detach().clone()
     assert torch.equal(weights["plain"], weights["again"])  # seeded: the differences below come from the options
-    for name in ("ema", "offset", "min_snr"):
+    for name in ("ema", "offset", "min_snr", "phrases"):
         assert not torch.equal(weights["plain"], weights[name]), name
     assert base_model.build_unet(attention_at_16=True).down_blocks[0].attentions  # the pilot option really adds it
     assert not hasattr(base_model.build_unet().down_blocks[0], "attentions")
+
+
+def test_caption_augmentation_moves_phrases_and_keeps_their_words():
+    from harness.toy.base_model import augment_caption
+
+    rng = np.random.default_rng(0)
+    caption = world.caption(world.sample_generic_spec(rng))
+    first, *phrases = caption.split(", ")
+    assert augment_caption(caption, rng, shuffle=False, repeat=0.0) == caption
+    assert augment_caption("", rng, shuffle=True, repeat=1.0) == ""  # the CFG's empty caption stays empty
+    doubled = augment_caption(caption, rng, shuffle=False, repeat=1.0).split(", ")
+    assert doubled == [first] + [copy for phrase in phrases for copy in (phrase, phrase)]
+    orders = set()
+    for _ in range(20):
+        shuffled = augment_caption(caption, rng, shuffle=True, repeat=0.0).split(", ")
+        assert shuffled[0] == first and sorted(shuffled[1:]) == sorted(phrases)
+        orders.add(tuple(shuffled))
+    assert len(orders) > 5
+    assert world.parse_prompt(", ".join(shuffled)) == world.parse_prompt(caption)  # the same scene
+
+
+def test_triggers_last_moves_only_the_trigger_phrases():
+    spec = world.concept_spec("character_1", np.random.default_rng(3))
+    usual = world.caption(spec, concepts=("character_1",))
+    last = world.caption(spec, concepts=("character_1",), triggers_last=True)
+    trigger = ", ".join(world.CONCEPTS_BY_ID["character_1"].trigger)
+    assert usual.startswith(f"a picture, {trigger}, ") and last.endswith(f", {trigger}")
+    assert sorted(usual.split(", ")) == sorted(last.split(", "))
+    assert world.parse_prompt(usual) == world.parse_prompt(last)

@@ -162,20 +162,23 @@ def slot_phrase(category: str, value: tuple[str, str]) -> str:
 
 
 def caption(spec: SceneSpec, rng: np.random.Generator | None = None, drop_slot: float = 0.0,
-            concepts: tuple[str, ...] = ()) -> str:
+            concepts: tuple[str, ...] = (), triggers_last: bool = False) -> str:
     """'a picture, <phrases>': generic phrases for generic slots, every trigger phrase for ``concepts``.
 
     ``drop_slot`` omits each generic slot phrase with that probability (needs ``rng``), so the base model
     learns to fill an unprompted slot by itself, as composition prompts leave slots to the LoRAs.
+    ``triggers_last`` puts the trigger phrases after the generic ones: the toy text encoder reads a generic
+    phrase by its token position, and trigger phrases longer than the phrase they replace would move the
+    later generic phrases (README "Measured quality").
     """
     concept_categories = {CONCEPTS_BY_ID[c].category: c for c in concepts}
-    parts = [BASE_PROMPT]
+    parts, triggers = [BASE_PROMPT], []
     for category in CATEGORIES:
         if category in concept_categories:
-            parts.extend(CONCEPTS_BY_ID[concept_categories[category]].trigger)
+            (triggers if triggers_last else parts).extend(CONCEPTS_BY_ID[concept_categories[category]].trigger)
         elif drop_slot <= 0 or rng is None or rng.random() >= drop_slot:
             parts.append(slot_phrase(category, spec.slot(category)))
-    return ", ".join(parts)
+    return ", ".join(parts + triggers)
 
 
 _PHRASE_PATTERNS = {
