@@ -43,7 +43,15 @@ import toy_quality  # noqa: E402
 def _mask_floor(text: str) -> float | str | None:
     if text == build.BUILD_RECIPE:  # argparse passes the default through here too
         return text
-    return None if text.lower() == "none" else float(text)
+    if text.lower() == "none":
+        return None
+    try:
+        floor = float(text)
+    except ValueError:
+        floor = -1.0
+    if not 0 <= floor <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a weight in [0, 1] (e.g. 0.1) or 'none'")
+    return floor
 
 
 def _timesteps(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, int] | None:

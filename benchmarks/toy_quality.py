@@ -210,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         present = float(np.mean([p[concept.category].label == concept_id for p in predictions]))
         kept = float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs) for c in others]))
         base_rate = float(np.mean([p[concept.category].label == concept_id for p in unaided]))
-        figures["loras"][concept_id] = {"present": present, "kept": kept, "present_without_lora": base_rate}
+        kept_per_slot = {c: float(np.mean([p[c].label == s.labels()[c] for p, s in zip(predictions, specs)]))
+                         for c in others}
+        figures["loras"][concept_id] = {"present": present, "kept": kept, "present_without_lora": base_rate,
+                                        "kept_per_slot": kept_per_slot}
         flag = "ok" if present >= TARGETS["lora_present"] and kept >= TARGETS["lora_kept"] else "BELOW TARGET"
-        print(f"{concept_id:14} {present:8.3f} {kept:6.3f} {base_rate:8.3f}   {flag}", flush=True)
+        print(f"{concept_id:14} {present:8.3f} {kept:6.3f} {base_rate:8.3f}   {flag:12}  kept per slot: "
+              + " ".join(f"{c} {v:.2f}" for c, v in kept_per_slot.items()), flush=True)
     lora_rows = figures["loras"].values()
     if not lora_rows:
         return _finish(args, figures)

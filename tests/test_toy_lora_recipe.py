@@ -147,3 +147,13 @@ def test_toy_quality_measures_the_base_with_shifted_phrases(tmp_path):
     assert set(base["shifted_per_slot"]) == set(base["per_slot"]) == {"character", "clothing", "style", "background",
                                                                       "object"}
     assert all(rate in (0.0, 0.5, 1.0) for rate in base["shifted_per_slot"].values())  # two images each
+
+
+def test_a_mask_floor_outside_0_1_is_refused(capsys):
+    from harness.toy.build import lora_examples
+
+    with pytest.raises(ValueError, match="mask_floor must be in"):
+        lora_examples("object_2", 2, seed=0, mask_floor=2.0)
+    with pytest.raises(SystemExit):
+        toy_lora_recipe.main(["--loras", "object_2", "--mask-floor", "1.5"])
+    assert "expected a weight in [0, 1]" in capsys.readouterr().err

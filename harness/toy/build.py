@@ -171,6 +171,9 @@ def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.2
     renders stay opaque."""
     from harness.toy import world
 
+    if mask_floor is not None and not 0 <= mask_floor <= 1:
+        raise ValueError(f"mask_floor must be in [0, 1] (the loss weight outside the concept's region), "
+                         f"got {mask_floor}")
     rng = np.random.default_rng(seed)
     examples = []
     for _ in range(count):
