@@ -11,6 +11,8 @@ prints the oracle's per-slot accuracy on 64 images from generic captions (the me
     python benchmarks/toy_base_recipe.py --steps 1600 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1
     python benchmarks/toy_base_recipe.py --steps 4500 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1 \
         --phrase-shuffle --phrase-repeat 0.25    # caption phrases at any token position (~25 min)
+    python benchmarks/toy_base_recipe.py --steps 4500 --batch 32 --snr-gamma 5 --ema --noise-offset 0.1 \
+        --phrase-offset 8    # the whole caption moved on by 0..8 tokens, order kept (~35 min)
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-16", action="store_true", help="cross-attention at the 16x16 level too")
     parser.add_argument("--phrase-shuffle", action="store_true", help="shuffle caption phrases (augment_caption)")
     parser.add_argument("--phrase-repeat", type=float, default=0.0, help="repeat each caption phrase with this p")
+    parser.add_argument("--phrase-offset", type=int, default=0,
+                        help="put 0..N extra leading commas before each caption (augment_caption)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     unet, text_encoder = base_model.train_unet(
         base_model.render_pool(8192, 0), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
         snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule,
-        attention_at_16=args.attention_16, phrase_shuffle=args.phrase_shuffle, phrase_repeat=args.phrase_repeat)
+        attention_at_16=args.attention_16, phrase_shuffle=args.phrase_shuffle, phrase_repeat=args.phrase_repeat,
+        phrase_offset=args.phrase_offset)
     with tempfile.TemporaryDirectory() as folder:
         base_model.save_pipeline(folder, vae, unet, text_encoder, tokenizer, schedule)
         pipe = load_pipeline(folder, scheduler="dpmsolver++", device="cpu")

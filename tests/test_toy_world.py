@@ -191,13 +191,14 @@ def test_base_training_options_each_change_the_trained_unet():
     vae = base_model.build_vae().eval()
     tokenizer = build_toy_tokenizer(world.vocabulary())
     options = {"plain": {}, "again": {}, "ema": {"ema": True}, "offset": {"noise_offset": 0.1},
-               "min_snr": {"snr_gamma": 5.0}, "phrases": {"phrase_shuffle": True, "phrase_repeat": 0.5}}
+               "min_snr": {"snr_gamma": 5.0}, "phrases": {"phrase_shuffle": True, "phrase_repeat": 0.5},
+               "phrase_offset": {"phrase_offset": 4}}
     weights = {}
     for name, extra in options.items():
         unet, _ = base_model.train_unet(pool, vae, tokenizer, steps=2, batch_size=4, seed=0, log=lambda _: None, **extra)
         weights[name] = unet.conv_in.weight.detach().clone()
     assert torch.equal(weights["plain"], weights["again"])  # seeded: the differences below come from the options
-    for name in ("ema", "offset", "min_snr", "phrases"):
+    for name in ("ema", "offset", "min_snr", "phrases", "phrase_offset"):
         assert not torch.equal(weights["plain"], weights[name]), name
     assert base_model.build_unet(attention_at_16=True).down_blocks[0].attentions  # the pilot option really adds it
     assert not hasattr(base_model.build_unet().down_blocks[0], "attentions")
@@ -220,6 +221,25 @@ def test_caption_augmentation_moves_phrases_and_keeps_their_words():
         orders.add(tuple(shuffled))
     assert len(orders) > 5
     assert world.parse_prompt(", ".join(shuffled)) == world.parse_prompt(caption)  # the same scene
+
+
+def test_caption_offset_moves_the_whole_caption_and_keeps_its_order():
+    from harness.toy.base_model import augment_caption
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    tokenizer = build_toy_tokenizer(world.vocabulary())
+    rng = np.random.default_rng(0)
+    caption = world.caption(world.sample_generic_spec(rng))
+    tokens = tokenizer.tokenize(caption)
+    shifts = set()
+    for _ in range(60):
+        moved = tokenizer.tokenize(augment_caption(caption, rng, shuffle=False, repeat=0.0, offset=3))
+        shift = len(moved) - len(tokens)
+        assert moved[shift:] == tokens and set(moved[:shift]) <= {",</w>"}  # only leading commas added
+        shifts.add(shift)
+    assert shifts == {0, 1, 2, 3}
+    assert world.parse_prompt(augment_caption(caption, rng, False, 0.0, offset=3)) == world.parse_prompt(caption)
+    assert augment_caption("", rng, shuffle=False, repeat=0.0, offset=3) == ""  # CFG's empty caption stays empty
 
 
 def test_triggers_last_moves_only_the_trigger_phrases():

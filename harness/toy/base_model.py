@@ -127,14 +127,18 @@ def encode_captions(tokenizer: Any, captions: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def augment_caption(caption: str, rng: np.random.Generator, shuffle: bool, repeat: float) -> str:
-    """Shuffle the slot phrases after the leading "a picture" and repeat each with probability ``repeat``.
+def augment_caption(caption: str, rng: np.random.Generator, shuffle: bool, repeat: float,
+                    offset: int = 0) -> str:
+    """Shuffle the slot phrases after the leading "a picture", repeat each with probability ``repeat``, and
+    put 0..``offset`` (uniform) extra comma tokens in front, which moves the whole caption on by that many
+    positions while keeping its order.
 
     Why: with one fixed phrase order the text encoder ties each slot to absolute token positions, and a
     prompt whose trigger phrases are longer than the generic phrase they replace pushes the later slots to
     positions it never saw (measured: one extra character phrase, +4 tokens, drops clothing accuracy 0.92 ->
     0.25 and object 0.75 -> 0.10). Shuffled, repeated phrases put every phrase at many positions, up to
-    the length of composition prompts.
+    the length of composition prompts; an offset does so without changing the order the phrases come in,
+    so the encoder must find a slot by its words and neighbours, not by where it sits.
     """
     if not caption:
         return caption
@@ -143,12 +147,13 @@ def augment_caption(caption: str, rng: np.random.Generator, shuffle: bool, repea
         phrases = [phrases[i] for i in rng.permutation(len(phrases))]
     if repeat > 0:
         phrases = [copy for phrase in phrases for copy in [phrase] * (2 if rng.random() < repeat else 1)]
-    return ", ".join([first, *phrases])
+    lead = ", " * int(rng.integers(offset + 1)) if offset > 0 else ""
+    return lead + ", ".join([first, *phrases])
 
 
 def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int = 64, lr: float = 1e-3,
                seed: int = 0, drop_slot: float = 0.25, drop_caption: float = 0.1,
-               phrase_shuffle: bool = False, phrase_repeat: float = 0.0,
+               phrase_shuffle: bool = False, phrase_repeat: float = 0.0, phrase_offset: int = 0,
                snr_gamma: float | None = None, ema: bool = False, noise_offset: float = 0.0,
                schedule: dict | None = None, attention_at_16: bool = False,
                log: Callable[[str], None] = print,
@@ -158,7 +163,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     """Train UNet + text encoder jointly (SD1.5 noise schedule and epsilon prediction unless ``schedule``, a
     DDPMScheduler config, says otherwise).
 
-    ``phrase_shuffle`` / ``phrase_repeat``: caption augmentation (``augment_caption``).
+    ``phrase_shuffle`` / ``phrase_repeat`` / ``phrase_offset``: caption augmentation (``augment_caption``).
     ``snr_gamma``: Min-SNR loss weighting (``harness.training.losses``). ``noise_offset``: per-channel offset
     noise, which hides the image's mean colour from the model at high noise (see ``harness.toy.build``).
     ``ema`` returns an exponential moving average of the weights (diffusers' EMAModel with warm-up), the usual
@@ -195,8 +200,9 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
         captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot)
                     for i in index.tolist()]
-        if phrase_shuffle or phrase_repeat:
-            captions = [augment_caption(caption, rng, phrase_shuffle, phrase_repeat) for caption in captions]
+        if phrase_shuffle or phrase_repeat or phrase_offset:
+            captions = [augment_caption(caption, rng, phrase_shuffle, phrase_repeat, phrase_offset)
+                        for caption in captions]
         hidden = text_encoder(encode_captions(tokenizer, captions))[0]
         noise = torch.randn_like(latents)
         if noise_offset:
