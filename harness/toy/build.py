@@ -50,9 +50,10 @@ class Budget:
 # learns to copy the colour out of the noise instead of reading the caption, and samples from pure noise get
 # random palettes. Offset noise removes that leak (style accuracy 0.20 -> 0.67 at 800 steps); Min-SNR weighting
 # and EMA weights are the standard recipe for short diffusion runs. The LoRAs train with the same loss.
-# Not (yet) here: caption phrase shuffling/repetition (base_model.augment_caption). It makes slots readable at
-# any token position, but at 4500 steps it left clothing pattern and object shape unlearnt (README "Measured
-# quality").
+# Not (yet) here: caption augmentation (base_model.augment_caption: phrase shuffling, repetition, a leading
+# offset). Each makes slots readable at other token positions, but at 4500 steps each left clothing pattern
+# (and with shuffling or repetition object shape) less learnt, and the LoRAs on such a base did not gain
+# beyond noise (README "Measured quality").
 BASE_TRAINING = dict(snr_gamma=5.0, noise_offset=0.1, ema=True)
 LORA_LOSS = dict(snr_gamma=BASE_TRAINING["snr_gamma"], noise_offset=BASE_TRAINING["noise_offset"])
 
