@@ -8,9 +8,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import toy_unet_step  # noqa: E402
+import torch  # noqa: E402
 
 
 def test_prints_one_timing_per_mode(capsys):
+    threads = torch.get_num_threads()  # the script sets its own; give the worker back its setting
+    try:
+        _check_modes(capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_modes(capsys) -> None:
     assert toy_unet_step.main(["--batch", "2", "--steps", "1"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["fp32"]
     assert toy_unet_step.main(["--batch", "2", "--steps", "1", "--bf16"]) == 0

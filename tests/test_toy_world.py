@@ -240,6 +240,10 @@ def test_caption_offset_moves_the_whole_caption_and_keeps_its_order():
     assert shifts == {0, 1, 2, 3}
     assert world.parse_prompt(augment_caption(caption, rng, False, 0.0, offset=3)) == world.parse_prompt(caption)
     assert augment_caption("", rng, shuffle=False, repeat=0.0, offset=3) == ""  # CFG's empty caption stays empty
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        augment_caption(caption, rng, shuffle=False, repeat=0.0, offset=-1)
+    with pytest.raises(ValueError, match="repeat a probability"):
+        augment_caption(caption, rng, shuffle=False, repeat=1.5)
 
 
 def test_triggers_last_moves_only_the_trigger_phrases():

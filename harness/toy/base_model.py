@@ -140,6 +140,9 @@ def augment_caption(caption: str, rng: np.random.Generator, shuffle: bool, repea
     the length of composition prompts; an offset does so without changing the order the phrases come in,
     so the encoder must find a slot by its words and neighbours, not by where it sits.
     """
+    if offset < 0 or not 0 <= repeat <= 1:
+        raise ValueError(f"augment_caption: offset must be >= 0 (got {offset}) and repeat a probability in "
+                         f"[0, 1] (got {repeat})")
     if not caption:
         return caption
     first, *phrases = caption.split(", ")
