@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrase-repeat", type=float, default=0.0, help="repeat each caption phrase with this p")
     parser.add_argument("--phrase-offset", type=int, default=0,
                         help="put 0..N extra leading commas before each caption (augment_caption)")
+    parser.add_argument("--unnamed-held-back", type=float, default=0.0,
+                        help="share of training scenes showing a held-back concept, unnamed (render_pool)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = AutoencoderKL.from_pretrained(args.testbed / "base" / "vae").eval()
     tokenizer = build_toy_tokenizer(world.vocabulary())
     unet, text_encoder = base_model.train_unet(
-        base_model.render_pool(8192, 0), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
+        base_model.render_pool(8192, 0, args.unnamed_held_back), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
         snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule,
         attention_at_16=args.attention_16, phrase_shuffle=args.phrase_shuffle, phrase_repeat=args.phrase_repeat,
         phrase_offset=args.phrase_offset)

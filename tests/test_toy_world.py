@@ -254,3 +254,37 @@ def test_triggers_last_moves_only_the_trigger_phrases():
     assert usual.startswith(f"a picture, {trigger}, ") and last.endswith(f", {trigger}")
     assert sorted(usual.split(", ")) == sorted(last.split(", "))
     assert world.parse_prompt(usual) == world.parse_prompt(last)
+
+
+def test_base_pool_can_show_held_back_concepts_that_its_captions_never_name(monkeypatch):
+    import torch
+
+    from harness.toy import base_model
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    plain, shown = base_model.render_pool(200, seed=0), base_model.render_pool(200, seed=0, unnamed_held_back=0.3)
+    assert base_model.render_pool(200, seed=0, unnamed_held_back=0.0).specs == plain.specs
+    unnamed = [i for i, categories in enumerate(shown.unnamed) if categories]
+    assert 30 < len(unnamed) < 90
+    for i in unnamed:
+        (category,) = shown.omitted(i)
+        assert world.variant_label(category, shown.specs[i].slot(category)) in world.CONCEPTS_BY_ID
+    assert {shown.omitted(i)[0] for i in unnamed} == set(world.CATEGORIES)
+    others = [i for i in range(200) if i not in unnamed]
+    assert all(plain.specs[i] == shown.specs[i] for i in others)
+    assert torch.equal(plain.images[others], shown.images[others])  # the rest of the pool is the plain pool's
+    with pytest.raises(ValueError, match="unnamed_held_back"):
+        base_model.render_pool(4, seed=0, unnamed_held_back=1.5)
+
+    captions: list[str] = []  # what base training really feeds the text encoder
+    encode = base_model.encode_captions
+    monkeypatch.setattr(base_model, "encode_captions", lambda tok, texts: (captions.extend(texts), encode(tok, texts))[1])
+    torch.set_num_threads(1)
+    small = base_model.Pool(shown.images[unnamed[:4]], [shown.specs[i] for i in unnamed[:4]],
+                            [shown.unnamed[i] for i in unnamed[:4]])
+    base_model.train_unet(small, base_model.build_vae().eval(), build_toy_tokenizer(world.vocabulary()), steps=3,
+                          batch_size=8, seed=0, drop_slot=0.0, drop_caption=0.0, log=lambda _: None)
+    assert len(captions) == 24
+    for text in captions:  # four slots named, never the held-back one
+        labels = world.parse_prompt(text)
+        assert len(labels) == 4 and all(label.startswith("generic:") for label in labels.values()), text

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,17 +27,41 @@ UNET_ATTENTION_RESOLUTIONS = "8x8 and 4x4 latents"
 
 @dataclass
 class Pool:
-    """Rendered training scenes: images in [-1, 1] (N, 3, 32, 32) and their specs."""
+    """Rendered training scenes: images in [-1, 1] (N, 3, 32, 32), their specs, and per scene the categories
+    its captions must never name (a held-back concept fills that slot)."""
 
     images: torch.Tensor
     specs: list[world.SceneSpec]
+    unnamed: list[tuple[str, ...]] = field(default_factory=list)
+
+    def omitted(self, index: int) -> tuple[str, ...]:
+        return self.unnamed[index] if self.unnamed else ()
 
 
-def render_pool(count: int, seed: int) -> Pool:
+def render_pool(count: int, seed: int, unnamed_held_back: float = 0.0) -> Pool:
+    """``count`` generic scenes; with ``unnamed_held_back`` > 0 that share of them gets one held-back concept
+    (uniform over the 11) in its slot, a slot their captions then leave out.
+
+    Why: a real LoRA teaches a word for something its base model can already draw (SD1.5 has seen polka-dot
+    gowns, never the word "polkagown"). A base that never saw a held-back combination cannot draw it even when
+    it is named in its own words (README "Measured quality", the `--named` row), so its LoRA has to teach the
+    UNet a new picture, not a word. Shown unnamed, the combination is drawable and still never named.
+    The generic specs and the renders' random stream do not depend on the share (a separate generator picks
+    the scenes), so a share of 0 gives the plain pool.
+    """
     rng = np.random.default_rng(seed)
     specs = [world.sample_generic_spec(rng) for _ in range(count)]
+    unnamed: list[tuple[str, ...]] = [() for _ in specs]
+    if unnamed_held_back > 0:
+        if not 0 < unnamed_held_back <= 1:
+            raise ValueError(f"render_pool: unnamed_held_back must be a share in [0, 1], got {unnamed_held_back}")
+        pick = np.random.default_rng([seed, 1])
+        for index in np.flatnonzero(pick.random(count) < unnamed_held_back):
+            concept = world.CONCEPTS[int(pick.integers(len(world.CONCEPTS)))]
+            specs[index] = world.with_concept(specs[index], concept.id)
+            unnamed[index] = (concept.category,)
     arrays = np.stack([world.render(spec, rng) for spec in specs])
-    return Pool(to_model_range(arrays), specs)
+    return Pool(to_model_range(arrays), specs, unnamed)
 
 
 def to_model_range(arrays: np.ndarray) -> torch.Tensor:
@@ -201,7 +225,8 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
             group["lr"] = warmup_cosine_lr(step, steps, lr)
         index = torch.from_numpy(rng.integers(len(pool.specs), size=batch_size))
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
-        captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot)
+        captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot,
+                                                                        omit=pool.omitted(i))
                     for i in index.tolist()]
         if phrase_shuffle or phrase_repeat or phrase_offset:
             captions = [augment_caption(caption, rng, phrase_shuffle, phrase_repeat, phrase_offset)

@@ -162,7 +162,7 @@ def slot_phrase(category: str, value: tuple[str, str]) -> str:
 
 
 def caption(spec: SceneSpec, rng: np.random.Generator | None = None, drop_slot: float = 0.0,
-            concepts: tuple[str, ...] = (), triggers_last: bool = False) -> str:
+            concepts: tuple[str, ...] = (), triggers_last: bool = False, omit: tuple[str, ...] = ()) -> str:
     """'a picture, <phrases>': generic phrases for generic slots, every trigger phrase for ``concepts``.
 
     ``drop_slot`` omits each generic slot phrase with that probability (needs ``rng``), so the base model
@@ -170,10 +170,13 @@ def caption(spec: SceneSpec, rng: np.random.Generator | None = None, drop_slot: 
     ``triggers_last`` puts the trigger phrases after the generic ones: the toy text encoder reads a generic
     phrase by its token position, and trigger phrases longer than the phrase they replace would move the
     later generic phrases (README "Measured quality").
+    ``omit`` names categories whose phrase is never written (a held-back concept shown but not named).
     """
     concept_categories = {CONCEPTS_BY_ID[c].category: c for c in concepts}
     parts, triggers = [BASE_PROMPT], []
     for category in CATEGORIES:
+        if category in omit:
+            continue
         if category in concept_categories:
             (triggers if triggers_last else parts).extend(CONCEPTS_BY_ID[concept_categories[category]].trigger)
         elif drop_slot <= 0 or rng is None or rng.random() >= drop_slot:
