@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     vae = AutoencoderKL.from_pretrained(args.testbed / "base" / "vae").eval()
     tokenizer = build_toy_tokenizer(world.vocabulary())
     unet, text_encoder = base_model.train_unet(
-        base_model.render_pool(8192, 0, args.unnamed_held_back), vae, tokenizer, args.steps, args.batch, lr=args.lr, seed=0,
+        base_model.render_pool(8192, 0, args.unnamed_held_back), vae, tokenizer, args.steps, args.batch,
+        lr=args.lr, seed=0,
         snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, ema=args.ema, schedule=schedule,
         attention_at_16=args.attention_16, phrase_shuffle=args.phrase_shuffle, phrase_repeat=args.phrase_repeat,
         phrase_offset=args.phrase_offset)

@@ -275,6 +275,8 @@ def test_base_pool_can_show_held_back_concepts_that_its_captions_never_name(monk
     assert torch.equal(plain.images[others], shown.images[others])  # the rest of the pool is the plain pool's
     with pytest.raises(ValueError, match="unnamed_held_back"):
         base_model.render_pool(4, seed=0, unnamed_held_back=1.5)
+    with pytest.raises(ValueError, match="unnamed_held_back"):  # a negative share is not read as "off"
+        base_model.render_pool(4, seed=0, unnamed_held_back=-0.1)
 
     captions: list[str] = []  # what base training really feeds the text encoder
     encode = base_model.encode_captions

@@ -51,10 +51,10 @@ def render_pool(count: int, seed: int, unnamed_held_back: float = 0.0) -> Pool:
     """
     rng = np.random.default_rng(seed)
     specs = [world.sample_generic_spec(rng) for _ in range(count)]
+    if not 0 <= unnamed_held_back <= 1:
+        raise ValueError(f"render_pool: unnamed_held_back must be a share in [0, 1], got {unnamed_held_back}")
     unnamed: list[tuple[str, ...]] = [() for _ in specs]
     if unnamed_held_back > 0:
-        if not 0 < unnamed_held_back <= 1:
-            raise ValueError(f"render_pool: unnamed_held_back must be a share in [0, 1], got {unnamed_held_back}")
         pick = np.random.default_rng([seed, 1])
         for index in np.flatnonzero(pick.random(count) < unnamed_held_back):
             concept = world.CONCEPTS[int(pick.integers(len(world.CONCEPTS)))]

@@ -3,7 +3,8 @@
 Every slot's content is a *combination* of two attributes (character = colour x shape, clothing = ink x
 pattern, background = colour x pattern, object = colour x shape, style = palette x texture). The base model
 learns every attribute from captions; the HELD-BACK concepts are attribute combinations that never appear in
-base training and are never named there (their trigger words are unseen tokens), so a LoRA only has to teach
+base training (unless the build's ``BASE_POOL`` shows them unnamed: base_model.render_pool) and are never
+named there (their trigger words are unseen tokens), so a LoRA only has to teach
 "trigger -> this known colour with that known shape", the way a real LoRA builds on what SD1.5 can draw.
 
 32x32 (not 64x64) keeps base training, LoRA training and generation within the CPU budget; slot geometry is
