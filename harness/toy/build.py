@@ -388,7 +388,7 @@ def _second_process(args: argparse.Namespace, out: Path, phases: list[str],
 
 def take_free_core(helper: subprocess.Popen | None, threads: int) -> Callable[[int], None]:
     """A per-step callback for the base model: once the second process has ended, train on ``threads``
-    torch threads (in the full build the side phases end ~12 minutes before the base model, and 2 threads
+    torch threads (in the full build the side phases end long before the base model, and 2 threads
     make a UNet step ~1.2x faster: 0.39 -> 0.32 s, README "Rebuild")."""
     import torch
 
