@@ -35,6 +35,9 @@ BASE_PROMPT = "a picture"
 CHARACTER_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
                      "yellow": (235, 215, 40), "magenta": (205, 50, 205), "cyan": (40, 205, 215)}
 CHARACTER_SHAPES = ("circle", "square", "triangle", "diamond")
+# Two inks, so the base sees dots only in white and checks only in black (the held-back concepts are the
+# opposite). A third ink (silver, a one-off world version 4) did not help the clothing LoRAs (README
+# "Measured quality"), so the world keeps two.
 CLOTHING_INKS = {"black": (25, 25, 25), "white": (245, 245, 245)}
 CLOTHING_PATTERNS = ("plain", "stripes", "bars", "dots", "checks")
 BACKGROUND_COLOURS = {"gray": (175, 175, 175), "sand": (205, 170, 115), "night": (30, 35, 85),
