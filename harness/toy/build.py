@@ -36,7 +36,7 @@ class Budget:
     pool: int = 8192
     vae_steps: int = 2000
     # 7000 UNet steps (4500 before 2026-12-04): the LoRAs of the longer-trained base meet their targets 6 of 11
-    # times (4 of 11), at ~13 more build minutes (estimated; README "Measured quality").
+    # times (4 of 11); the base phase measured 2209 s (1799 s at 4500 steps), the build 43 min 52 s (README "Rebuild").
     unet_steps: int = 7000
     unet_batch: int = 32
     oracle_steps: int = 3000
