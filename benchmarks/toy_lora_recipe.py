@@ -21,7 +21,10 @@ Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--
 (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on
 the token embeddings too), ``--mask-floor 0.1`` (masked loss: the concept's slot region weighs 1, the rest 0.1;
 ``none``: plain loss; by default the build's choice, masked for objects only), ``--unet-targets`` (other UNet
-modules), ``--triggers-last`` (trigger phrases after the generic ones, in training captions and measured prompts).
+modules), ``--triggers-last`` (trigger phrases after the generic ones, in training captions and measured prompts),
+``--uncond-anchor W`` (the empty prompt's prediction held to the base model's; the build uses 1, 0 turns it off),
+``--guidance G`` (measure at another CFG). Since 2026-12-05 a LoRA is measured on the same prompts whichever
+``--loras`` list it is in (before, the prompts followed the list's order).
 """
 
 from __future__ import annotations
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loraplus", type=float, default=None, help="LoRA+ ratio of B to A learning rates (e.g. 16)")
     parser.add_argument("--drop-slot", type=float, default=0.25,
                         help="probability that a caption leaves out a generic slot phrase")
+    parser.add_argument("--uncond-anchor", type=float, default=build.LORA_UNCOND_ANCHOR,
+                        help="weight of the term that holds the empty prompt's prediction to the base model's "
+                             "(train_lora's uncond_anchor; 0 = off; default: the build's)")
+    parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the testbed's)")
     parser.add_argument("--images", type=int, default=48, help="images per measurement")
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
     args = parser.parse_args(argv)
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                  warmup_steps=args.warmup, timestep_range=_timesteps(parser, args.timesteps),
                                  mask_floor=args.mask_floor,
                                  unet_targets=args.unet_targets.split(",") if args.unet_targets else None,
-                                 triggers_last=args.triggers_last)
+                                 triggers_last=args.triggers_last, uncond_anchor=args.uncond_anchor)
     for other in Path(config.lora_dir).glob("*.safetensors"):  # the others as built, so ids all resolve
         if other.stem not in ids:
             shutil.copyfile(other, lora_dir / other.name)
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     OmegaConf.save(config, scratch_config)
     measure = ["--testbed", str(scratch_config), "--images", str(args.images), "--skip-base", "--loras", args.loras]
     measure += ["--triggers-last"] if args.triggers_last else []
+    measure += ["--guidance", str(args.guidance)] if args.guidance is not None else []
     return toy_quality.main(measure + (["--scale", str(args.scale)] if args.scale is not None else []))
 
 

@@ -88,6 +88,7 @@ def train_lora(
     timestep_range: tuple[int, int] | None = None,
     warmup_steps: int = 0,
     alpha_mask: bool = False,
+    uncond_anchor: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> Path:
@@ -106,7 +107,12 @@ def train_lora(
     layout and colours are decided). ``warmup_steps`` raises every learning rate linearly from 0 over that many
     steps. ``alpha_mask`` weights the loss by each image's alpha channel (kohya's masked loss: opaque pixels
     count, transparent ones do not; an image without alpha counts everywhere), so a LoRA can learn a small
-    region (a face, an accessory) without spending itself on the rest. ``on_step(step, loss)`` is called
+    region (a face, an accessory) without spending itself on the rest. ``uncond_anchor`` (a weight, 0 = off)
+    adds a term that holds the LoRA model's prediction for the empty prompt to the base model's on the same
+    noisy latents: classifier-free guidance amplifies only what the prompt changes (``uncond + g * (cond -
+    uncond)``), so a LoRA that also draws its concept for the empty prompt (every training image shows it)
+    has that part cancelled at sampling, more the higher the guidance; anchored, the concept must come from
+    the prompt, and guidance amplifies it (README "Measured quality"). ``on_step(step, loss)`` is called
     after every optimizer step. ``single_file_config`` is the diffusers config folder for a single-file base
     checkpoint (needed offline). Returns ``output_path``.
     """
@@ -121,8 +127,8 @@ def train_lora(
         seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         device=device, progress=progress, flip=flip, snr_gamma=snr_gamma, noise_offset=noise_offset,
         text_encoder_learning_rate=text_encoder_learning_rate, loraplus_lr_ratio=loraplus_lr_ratio,
-        timestep_range=timestep_range, warmup_steps=warmup_steps, alpha_mask=alpha_mask, on_step=on_step,
-        single_file_config=single_file_config,
+        timestep_range=timestep_range, warmup_steps=warmup_steps, alpha_mask=alpha_mask,
+        uncond_anchor=uncond_anchor, on_step=on_step, single_file_config=single_file_config,
     )
     return trained.save(output_path, metadata)
 
@@ -154,6 +160,7 @@ def fit_lora(
     timestep_range: tuple[int, int] | None = None,
     warmup_steps: int = 0,
     alpha_mask: bool = False,
+    uncond_anchor: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
     single_file_config: str | Path | None = None,
 ) -> TrainedLora:
@@ -169,7 +176,8 @@ def fit_lora(
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
     text_targets = list(text_encoder_target_modules or DEFAULT_TEXT_ENCODER_TARGETS) if train_text_encoder else []
     _check_settings(examples, rank, steps, batch_size, resolution, checkpoint_dir, checkpoint_every, snr_gamma,
-                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range, warmup_steps)
+                    noise_offset, loraplus_lr_ratio, text_encoder_learning_rate, timestep_range, warmup_steps,
+                    uncond_anchor)
 
     images = [open_image(image) for image, _ in examples]
     pixels = torch.stack([_to_tensor(resize_and_center_crop(image.convert("RGB"), resolution)) for image in images])
@@ -201,6 +209,10 @@ def fit_lora(
             cached_text = torch.cat([text_encoder(input_ids[i:i + batch_size])[0]
                                      for i in range(0, len(input_ids), batch_size)])
 
+    empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids.to(run_device)
+    with torch.no_grad():  # before the adapters exist: the base text encoder's states for the empty prompt
+        empty_base = text_encoder(empty_ids)[0]
     torch.manual_seed(seed)  # LoRA A-matrix initialisation
     parts = {"unet": (unet, unet_targets)}
     if train_text_encoder:
@@ -233,6 +245,7 @@ def fit_lora(
         **({"text_encoder_lr": text_encoder_learning_rate} if text_encoder_learning_rate else {}),
         **({"timestep_range": list(timestep_range)} if timestep_range else {}),
         **({"warmup_steps": warmup_steps} if warmup_steps else {}),
+        **({"uncond_anchor": uncond_anchor} if uncond_anchor else {}),
         **({"alpha_mask": hashlib.sha256(masks.cpu().numpy().tobytes()).hexdigest()} if masks is not None else {}),
     })
     start_step, losses = 0, []
@@ -271,9 +284,18 @@ def fit_lora(
         timesteps = torch.randint(low, high, (len(index),), generator=generator).to(run_device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
-        prediction = unet(noisy, timesteps, text_states).sample
+        if uncond_anchor:  # the empty prompt rides in the same UNet call (cheaper than a second one)
+            empty_states = text_encoder(empty_ids)[0] if train_text_encoder else empty_base
+            prediction, empty_prediction = unet(
+                torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+                torch.cat([text_states, empty_states.expand(len(noisy), -1, -1)])).sample.chunk(2)
+        else:
+            prediction = unet(noisy, timesteps, text_states).sample
         pixel_weights = masks[orientation, index] if masks is not None else None
         loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma, pixel_weights)
+        if uncond_anchor:
+            loss = loss + uncond_anchor * F.mse_loss(empty_prediction,
+                                                     _base_prediction(unet, noisy, timesteps, empty_base))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
@@ -300,7 +322,7 @@ def fit_lora(
         "flip": flip, "snr_gamma": snr_gamma, "noise_offset": noise_offset, "loraplus_lr_ratio": loraplus_lr_ratio,
         "text_encoder_learning_rate": text_encoder_learning_rate if train_text_encoder else None,
         "timestep_range": list(timestep_range) if timestep_range else None, "warmup_steps": warmup_steps,
-        "alpha_mask": alpha_mask,
+        "alpha_mask": alpha_mask, "uncond_anchor": uncond_anchor,
         "prediction_type": prediction_type,
         "num_images": len(examples),
         "captions": sorted(set(captions))[:50],
@@ -308,6 +330,18 @@ def fit_lora(
         "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
     }
     return TrainedLora(pipe, parts, rank, alpha, record)
+
+
+@torch.no_grad()
+def _base_prediction(unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor,
+                     empty_base: torch.Tensor) -> torch.Tensor:
+    """The base model's prediction for the empty prompt (``uncond_anchor``'s target): the UNet with its adapter
+    switched off, fed ``empty_base``, the base text encoder's states for ""."""
+    unet.disable_adapters()
+    try:
+        return unet(noisy, timesteps, empty_base.expand(len(noisy), -1, -1)).sample
+    finally:
+        unet.enable_adapters()
 
 
 class _BatchSchedule:
@@ -403,7 +437,8 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
                     checkpoint_dir: Any, checkpoint_every: int, snr_gamma: float | None = None,
                     noise_offset: float = 0.0, loraplus_lr_ratio: float | None = None,
                     text_encoder_learning_rate: float | None = None,
-                    timestep_range: tuple[int, int] | None = None, warmup_steps: int = 0) -> None:
+                    timestep_range: tuple[int, int] | None = None, warmup_steps: int = 0,
+                    uncond_anchor: float = 0.0) -> None:
     problems = []
     if not examples:
         problems.append("no training examples were given (pass at least one (image, caption) pair)")
@@ -428,6 +463,8 @@ def _check_settings(examples: list, rank: int, steps: int, batch_size: int, reso
         problems.append(f"timestep_range must be LOW HIGH with 0 <= LOW < HIGH (got {list(timestep_range)})")
     if warmup_steps < 0:
         problems.append(f"warmup_steps must be >= 0 (got {warmup_steps})")
+    if not uncond_anchor >= 0:
+        problems.append(f"uncond_anchor must be >= 0 (got {uncond_anchor}; 0 turns it off)")
     if text_encoder_learning_rate is not None and not text_encoder_learning_rate > 0:
         problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 "
                         f"(got {text_encoder_learning_rate})")
@@ -473,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (steps)")
     parser.add_argument("--alpha-mask", action="store_true",
                         help="weight the loss by each image's alpha channel (masked loss; RGBA PNGs)")
+    parser.add_argument("--uncond-anchor", type=float, default=0.0,
+                        help="weight of a term holding the empty prompt's prediction to the base model's, so "
+                             "the concept comes from the prompt and CFG amplifies it (e.g. 1; 0 = off)")
     parser.add_argument("--loraplus-lr-ratio", type=float, default=None,
                         help="LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)")
     parser.add_argument("--checkpoint-dir", default=None)
@@ -504,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             snr_gamma=args.snr_gamma, noise_offset=args.noise_offset, loraplus_lr_ratio=args.loraplus_lr_ratio,
             text_encoder_learning_rate=args.text_encoder_lr,
             timestep_range=tuple(args.timestep_range) if args.timestep_range else None,
-            warmup_steps=args.warmup_steps, alpha_mask=args.alpha_mask,
+            warmup_steps=args.warmup_steps, alpha_mask=args.alpha_mask, uncond_anchor=args.uncond_anchor,
             metadata={"trigger": args.trigger} if args.trigger else None,
             single_file_config=args.single_file_config,
         )

@@ -330,6 +330,31 @@ def test_timestep_range_limits_the_training_timesteps(tiny_base, monkeypatch):
         fit_lora(tiny_base, EXAMPLES, rank=2, steps=1, timestep_range=(10, 10), **QUICK)
 
 
+@torch.no_grad()
+def _empty_prompt_drift(pipe) -> float:
+    """How far the pipeline's prediction for the empty prompt lies from the base model's (adapters off)."""
+    latents, timesteps, _ = _fixed_inputs(pipe)
+    ids = pipe.tokenizer([""] * len(latents), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    with_lora = pipe.unet(latents, timesteps, pipe.text_encoder(ids)[0]).sample
+    pipe.unet.disable_adapters()
+    pipe.text_encoder.disable_adapters()
+    try:
+        base = pipe.unet(latents, timesteps, pipe.text_encoder(ids)[0]).sample
+    finally:
+        pipe.unet.enable_adapters()
+        pipe.text_encoder.enable_adapters()
+    return torch.nn.functional.mse_loss(with_lora, base).item()
+
+
+def test_uncond_anchor_holds_the_empty_prompt_to_the_base_model(tiny_base):
+    runs = {weight: fit_lora(tiny_base, EXAMPLES, rank=4, steps=20, learning_rate=1e-2, train_text_encoder=True,
+                             uncond_anchor=weight, **QUICK) for weight in (0.0, 10.0)}
+    plain, anchored = (_empty_prompt_drift(runs[weight].pipeline) for weight in (0.0, 10.0))
+    assert plain > 0 and anchored < 0.5 * plain
+    assert runs[10.0].record["uncond_anchor"] == 10.0 and runs[0.0].record["uncond_anchor"] == 0.0
+
+
 def _with_alpha(image: Image.Image, opaque: tuple[slice, slice] | None) -> Image.Image:
     """``image`` as RGBA, opaque in the ``opaque`` (rows, columns) box only (everywhere when None)."""
     alpha = np.full(image.size[::-1], 255 if opaque is None else 0, dtype=np.uint8)
@@ -386,7 +411,7 @@ def test_cli_alpha_mask_reads_rgba_files(tiny_base, tmp_path, capsys):
 
 @pytest.mark.parametrize("setting, value", [("--snr-gamma", "0"), ("--noise-offset", "-0.1"),
                                             ("--loraplus-lr-ratio", "0.5"), ("--text-encoder-lr", "0"),
-                                            ("--warmup-steps", "-1")])
+                                            ("--warmup-steps", "-1"), ("--uncond-anchor", "-1")])
 def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tmp_path, capsys):
     images = _write_images(tmp_path / "images")
     code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out",
