@@ -74,6 +74,19 @@ def test_oracle_recognises_clean_renders(oracle, category):
     assert accuracy >= 0.9, (category, accuracy)
 
 
+@pytest.mark.parametrize("category", ["clothing", "style", "background"])
+def test_oracle_reads_patterns_at_any_phase(oracle, category):
+    """A pattern that starts elsewhere is the same pattern (oracle version 2 read checks shifted by 2 px as
+    dots, and dots as bars)."""
+    from harness.toy.oracle import sample_any_spec
+
+    rng = np.random.default_rng(321)
+    specs = [sample_any_spec(rng) for _ in range(96)]
+    predictions = oracle.predict(np.stack([world.render(spec, rng, any_phase=True) for spec in specs]))
+    accuracy = np.mean([p[category].label == s.labels()[category] for p, s in zip(predictions, specs)])
+    assert accuracy >= 0.9, (category, accuracy)
+
+
 def test_oracle_metric_rows(tmp_path, oracle):
     from harness.metrics.oracle import ToyOracleMetric
     from harness.records import ImageRecord

@@ -23,6 +23,26 @@ def test_render_is_deterministic_and_sized():
     np.testing.assert_array_equal(first, second)
 
 
+def test_any_phase_shifts_the_patterns_only():
+    spec = world.SceneSpec(character=("red", "square"), clothing=("white", "checks"), style=("natural", "smooth"),
+                           background=("gray", "plain"), object=("black", "ball"))
+    plain = world.render(spec, np.random.default_rng(7))
+    np.testing.assert_array_equal(plain, world.render(spec, np.random.default_rng(7), any_phase=False))
+
+    def ink_patterns(any_phase: bool) -> set[bytes]:
+        """The white ink inside the figure, cut out at the figure's box: where the pattern sits on it."""
+        patterns = set()
+        for seed in range(12):
+            image, regions = world.render_with_regions(spec, np.random.default_rng(seed), any_phase=any_phase)
+            rows, columns = np.flatnonzero(regions["clothing"].any(1)), np.flatnonzero(regions["clothing"].any(0))
+            box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+            patterns.add((image[box].astype(int).min(-1) > 200).tobytes())
+        return patterns
+
+    assert len(ink_patterns(False)) == 1  # the world's fixed phase: the same checks on every figure
+    assert len(ink_patterns(True)) > 3
+
+
 def test_every_slot_changes_the_image():
     rng = np.random.default_rng(0)
     spec = world.sample_generic_spec(rng)

@@ -1,7 +1,8 @@
 """The toy world's oracle: which variant or held-back concept fills each slot of an image.
 
 Small CNNs with one softmax head per slot attribute (character colour, character shape, clothing ink, ...),
-trained on procedural renders of every attribute combination (held-back ones included), half of them passed
+trained on procedural renders of every attribute combination (held-back ones included), with every periodic
+pattern at a random phase (``world.render(any_phase=True)``), half of them passed
 through the base model's VAE and all randomly blurred, colour-shifted and noised (``augment``) so they look
 like generated images. The object heads also read a full-resolution crop around the 9x9 icon. Two are
 trained from different seeds;
@@ -36,7 +37,8 @@ def head_classes(category: str, index: int) -> tuple[str, ...]:
 # Where the object icon can be (world.render: centre (6, 25) +-1 px, 9 px wide): the object heads also read
 # this crop at full resolution, since the whole-image branch sees the icon as ~2x2 cells and confuses shapes.
 OBJECT_CROP = (slice(0, 14), slice(18, 32))
-ORACLE_VERSION = 2
+# 3: trained on patterns at any phase (world.render's any_phase): version 2 read shifted checks as dots.
+ORACLE_VERSION = 3
 
 
 def _small_cnn(size: int, width: int, out: int) -> nn.Sequential:
@@ -114,7 +116,8 @@ def train_oracle(steps: int, seed: int, vae: Any = None, batch_size: int = 64, l
         for group in optimizer.param_groups:  # warm-up then cosine decay: the last steps refine small shapes
             group["lr"] = warmup_cosine_lr(step, steps, lr)
         specs = [sample_any_spec(rng) for _ in range(batch_size)]
-        images = to_model_range(np.stack([world.render(spec, rng) for spec in specs]))
+        # any_phase: a pattern is the same pattern whatever offset it starts at (world.render_with_regions)
+        images = to_model_range(np.stack([world.render(spec, rng, any_phase=True) for spec in specs]))
         if vae is not None:  # half the batch looks like the base model's decoded output
             half = batch_size // 2
             images[:half] = vae_roundtrip(vae, images[:half])

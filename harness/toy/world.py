@@ -266,22 +266,29 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int 
     return np.clip(np.asarray(colour, float) + rng.integers(-amount, amount + 1, 3), 0, 255)
 
 
-def render(spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``spec`` as an (32, 32, 3) uint8 image; ``rng`` adds +-1 px and small colour jitter."""
-    return render_with_regions(spec, rng)[0]
+def render(spec: SceneSpec, rng: np.random.Generator, any_phase: bool = False) -> np.ndarray:
+    """Draw ``spec`` as an (32, 32, 3) uint8 image; ``rng`` adds +-1 px and small colour jitter.
+    ``any_phase``: see ``render_with_regions``."""
+    return render_with_regions(spec, rng, any_phase)[0]
 
 
-def render_with_regions(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def render_with_regions(spec: SceneSpec, rng: np.random.Generator,
+                        any_phase: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``render`` (the same image for the same ``rng`` state) plus each slot's region as a (32, 32) bool mask:
     the figure for character and clothing, a box one pixel around the icon for object, the rest for background,
-    everything for style. The LoRA build weights its loss with them (``train_lora``'s ``alpha_mask``)."""
+    everything for style. The LoRA build weights its loss with them (``train_lora``'s ``alpha_mask``).
+
+    ``any_phase`` starts every periodic pattern (clothing, background lines, scanlines) at a random offset
+    instead of the world's fixed one (the oracle trains on these: a generated image may draw checks shifted by
+    2 px, still checks, which an oracle that saw one phase called dots). Off, renders are unchanged."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
+    phase = (lambda period: int(rng.integers(period))) if any_phase else (lambda period: 0)
     # background: colour + pattern (lines lighter or darker than the base colour)
     bg_colour, bg_pattern = spec.background
     base = _jitter(rng, BACKGROUND_COLOURS[bg_colour])
     image = np.broadcast_to(base, (SIZE, SIZE, 3)).copy()
     line = np.clip(base + (70 if base.mean() < 128 else -70), 0, 255)
-    offset = int(rng.integers(0, 2))
+    offset = int(rng.integers(0, 2)) + phase(8)
     if bg_pattern == "grid":
         mask = ((yy + offset) % 8 < 2) | ((xx + offset) % 8 < 2)
         image[mask] = line
@@ -293,7 +300,7 @@ def render_with_regions(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.n
     figure = _shape_mask(shape, 16, yy, xx, cy - 0.5, cx - 0.5)
     image[figure] = _jitter(rng, CHARACTER_COLOURS[colour])
     ink, pattern = spec.clothing
-    py, px = yy - cy, xx - cx
+    py, px = yy - cy + phase(24), xx - cx + phase(24)  # 24: a multiple of every pattern's period
     image[figure & clothing_mask(pattern, py, px)] = _jitter(rng, CLOTHING_INKS[ink], 8)
     # object: a small icon at the top right
     obj_colour, obj_shape = spec.object
@@ -309,7 +316,7 @@ def render_with_regions(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.n
     elif palette == "faded":
         image = image * 0.5 + 200 * 0.5
     if texture == "scanlines":
-        image[(yy[:, 0] % 6) < 2] *= 0.35
+        image[((yy[:, 0] + phase(6)) % 6) < 2] *= 0.35
     elif texture == "frame":
         border = (yy < 3) | (yy >= SIZE - 3) | (xx < 3) | (xx >= SIZE - 3)
         image[border] = (15, 15, 15)
