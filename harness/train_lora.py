@@ -112,7 +112,8 @@ def train_lora(
     noisy latents: classifier-free guidance amplifies only what the prompt changes (``uncond + g * (cond -
     uncond)``), so a LoRA that also draws its concept for the empty prompt (every training image shows it)
     has that part cancelled at sampling, more the higher the guidance; anchored, the concept must come from
-    the prompt, and guidance amplifies it (README "Measured quality"). ``on_step(step, loss)`` is called
+    the prompt, and guidance amplifies it (README "Measured quality"); the reported losses stay the denoising
+    loss alone. ``on_step(step, loss)`` is called
     after every optimizer step. ``single_file_config`` is the diffusers config folder for a single-file base
     checkpoint (needed offline). Returns ``output_path``.
     """
@@ -293,6 +294,7 @@ def fit_lora(
             prediction = unet(noisy, timesteps, text_states).sample
         pixel_weights = masks[orientation, index] if masks is not None else None
         loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma, pixel_weights)
+        denoising = loss.item()  # what losses, on_step and final_loss report: comparable with or without the anchor
         if uncond_anchor:
             loss = loss + uncond_anchor * F.mse_loss(empty_prediction,
                                                      _base_prediction(unet, noisy, timesteps, empty_base))
@@ -300,7 +302,7 @@ def fit_lora(
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(denoising)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if on_step is not None:
             on_step(step, losses[-1])

@@ -355,6 +355,13 @@ def test_uncond_anchor_holds_the_empty_prompt_to_the_base_model(tiny_base):
     assert runs[10.0].record["uncond_anchor"] == 10.0 and runs[0.0].record["uncond_anchor"] == 0.0
 
 
+def test_reported_losses_are_the_denoising_loss_without_the_anchor_term(tiny_base):
+    seen: list[float] = []
+    fit_lora(tiny_base, EXAMPLES, rank=4, steps=4, learning_rate=1e-2, train_text_encoder=True, uncond_anchor=1e7,
+             on_step=lambda step, loss: seen.append(loss), **QUICK)
+    assert max(seen) < 5  # a noise-prediction MSE; with the 1e7-weighted drift added it would be far larger
+
+
 def _with_alpha(image: Image.Image, opaque: tuple[slice, slice] | None) -> Image.Image:
     """``image`` as RGBA, opaque in the ``opaque`` (rows, columns) box only (everywhere when None)."""
     alpha = np.full(image.size[::-1], 255 if opaque is None else 0, dtype=np.uint8)
