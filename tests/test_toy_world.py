@@ -212,16 +212,44 @@ def test_base_training_options_each_change_the_trained_unet():
     tokenizer = build_toy_tokenizer(world.vocabulary())
     options = {"plain": {}, "again": {}, "ema": {"ema": True}, "offset": {"noise_offset": 0.1},
                "min_snr": {"snr_gamma": 5.0}, "phrases": {"phrase_shuffle": True, "phrase_repeat": 0.5},
-               "phrase_offset": {"phrase_offset": 4}}
+               "phrase_offset": {"phrase_offset": 4}, "regions": {"region_weights": {"object": 4.0}}}
     weights = {}
     for name, extra in options.items():
         unet, _ = base_model.train_unet(pool, vae, tokenizer, steps=2, batch_size=4, seed=0, log=lambda _: None, **extra)
         weights[name] = unet.conv_in.weight.detach().clone()
     assert torch.equal(weights["plain"], weights["again"])  # seeded: the differences below come from the options
-    for name in ("ema", "offset", "min_snr", "phrases", "phrase_offset"):
+    for name in ("ema", "offset", "min_snr", "phrases", "phrase_offset", "regions"):
         assert not torch.equal(weights["plain"], weights[name]), name
     assert base_model.build_unet(attention_at_16=True).down_blocks[0].attentions  # the pilot option really adds it
     assert not hasattr(base_model.build_unet().down_blocks[0], "attentions")
+
+
+def test_region_weights_raise_the_loss_weight_on_the_slot_regions_only():
+    import torch
+
+    from harness.toy import base_model
+
+    pool = base_model.render_pool(6, seed=0)
+    rng = np.random.default_rng(0)  # replay render_pool: all specs first, then the renders in order
+    specs = [world.sample_generic_spec(rng) for _ in range(6)]
+    image, regions = world.render_with_regions(specs[0], rng)
+    assert specs == pool.specs and torch.equal(base_model.to_model_range(image[None]), pool.images[:1])
+    assert pool.regions.shape == (6, len(world.CATEGORIES), world.SIZE, world.SIZE)
+    for number, category in enumerate(world.CATEGORIES):  # the pool's regions are the render's own
+        assert torch.equal(pool.regions[0, number], torch.from_numpy(regions[category]))
+    assert regions["object"].any() and not regions["object"].all()
+    weights = base_model.region_pixel_weights(pool, {"object": 4.0, "clothing": 2.0}, world.SIZE)
+    icon = pool.regions[:, world.CATEGORIES.index("object")]
+    figure = pool.regions[:, world.CATEGORIES.index("clothing")]
+    expected = 1.0 + 3.0 * icon.float() + 1.0 * figure.float()
+    assert torch.equal(weights[:, 0], expected)
+    latent = base_model.region_pixel_weights(pool, {"object": 4.0}, world.SIZE // 2)
+    assert latent.shape == (6, 1, world.SIZE // 2, world.SIZE // 2)
+    assert torch.allclose(latent.mean((1, 2, 3)), 1.0 + 3.0 * icon.float().mean((1, 2)))  # area averaging
+    assert torch.equal(base_model.region_pixel_weights(pool, {}, 16), torch.ones(6, 1, 16, 16))
+    for bad in ({"hat": 2.0}, {"object": 0.0}):
+        with pytest.raises(ValueError, match="region_weights"):
+            base_model.region_pixel_weights(pool, bad, 16)
 
 
 def test_caption_augmentation_moves_phrases_and_keeps_their_words():

@@ -33,6 +33,8 @@ class Pool:
     images: torch.Tensor
     specs: list[world.SceneSpec]
     unnamed: list[tuple[str, ...]] = field(default_factory=list)
+    # (N, len(world.CATEGORIES), 32, 32) bool: each scene's slot regions (world.render_with_regions)
+    regions: torch.Tensor | None = None
 
     def omitted(self, index: int) -> tuple[str, ...]:
         return self.unnamed[index] if self.unnamed else ()
@@ -60,8 +62,24 @@ def render_pool(count: int, seed: int, unnamed_held_back: float = 0.0) -> Pool:
             concept = world.CONCEPTS[int(pick.integers(len(world.CONCEPTS)))]
             specs[index] = world.with_concept(specs[index], concept.id)
             unnamed[index] = (concept.category,)
-    arrays = np.stack([world.render(spec, rng) for spec in specs])
-    return Pool(to_model_range(arrays), specs, unnamed)
+    rendered = [world.render_with_regions(spec, rng) for spec in specs]
+    regions = torch.from_numpy(np.stack([np.stack([masks[c] for c in world.CATEGORIES]) for _, masks in rendered]))
+    return Pool(to_model_range(np.stack([image for image, _ in rendered])), specs, unnamed, regions)
+
+
+def region_pixel_weights(pool: Pool, region_weights: dict[str, float], size: int) -> torch.Tensor:
+    """(N, 1, size, size) loss weights: 1, plus ``weight - 1`` on each listed slot's region (a pixel in two
+    listed regions gets both), averaged down to latent resolution."""
+    if pool.regions is None:
+        raise ValueError("region_pixel_weights: the pool has no regions (render it with render_pool)")
+    unknown = set(region_weights) - set(world.CATEGORIES)
+    if unknown or any(weight <= 0 for weight in region_weights.values()):
+        raise ValueError(f"region_weights: categories must be among {world.CATEGORIES} and weights > 0; got "
+                         f"{region_weights}")
+    weights = torch.ones(pool.regions.shape[0], 1, *pool.regions.shape[-2:])
+    for category, weight in region_weights.items():
+        weights += (weight - 1.0) * pool.regions[:, world.CATEGORIES.index(category), None].float()
+    return F.interpolate(weights, size=(size, size), mode="area")
 
 
 def to_model_range(arrays: np.ndarray) -> torch.Tensor:
@@ -183,6 +201,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
                phrase_shuffle: bool = False, phrase_repeat: float = 0.0, phrase_offset: int = 0,
                snr_gamma: float | None = None, ema: bool = False, noise_offset: float = 0.0,
                schedule: dict | None = None, attention_at_16: bool = False,
+               region_weights: dict[str, float] | None = None,
                log: Callable[[str], None] = print,
                on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
                on_step: Callable[[int], None] | None = None,
@@ -193,6 +212,8 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     ``phrase_shuffle`` / ``phrase_repeat`` / ``phrase_offset``: caption augmentation (``augment_caption``).
     ``snr_gamma``: Min-SNR loss weighting (``harness.training.losses``). ``noise_offset``: per-channel offset
     noise, which hides the image's mean colour from the model at high noise (see ``harness.toy.build``).
+    ``region_weights`` ({category: weight}) weights the loss per latent pixel by the slots' regions
+    (``region_pixel_weights``), so small regions (the icon, the clothing pattern) are learnt sooner.
     ``ema`` returns an exponential moving average of the weights (diffusers' EMAModel with warm-up), the usual
     way to get clean samples from a short, high-learning-rate run; snapshots hold the raw weights.
 
@@ -214,6 +235,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
         means = torch.cat([m.mean for m in moments])
         stds = torch.cat([m.std for m in moments])
     scale = vae.config.scaling_factor
+    pixel_weights = region_pixel_weights(pool, region_weights, means.shape[-1]) if region_weights else None
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     average = EMAModel(params, decay=0.9999, use_ema_warmup=True) if ema else None
@@ -238,7 +260,8 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,))
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma)
+        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, snr_gamma,
+                              pixel_weights[index] if pixel_weights is not None else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
