@@ -1,4 +1,5 @@
-"""Time one training step of the toy base model: ``python benchmarks/toy_unet_step.py [--bf16] [--compile]``.
+"""Time one training step of the toy base model: ``python benchmarks/toy_unet_step.py [--bf16] [--compile]``
+(``--heads 8 --tokens 77``: the model of before 2026-12-05).
 
 One step = text encoder + UNet forward, MSE loss, backward, AdamW, at the build's batch (32) on 16x16x4
 latents, the base phase's unit of work (README "Rebuild"). Prints the median over ``--steps`` timed steps
@@ -27,11 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(unet)")
+    parser.add_argument("--heads", type=int, default=base_model.UNET_HEADS, help="attention heads (the build's "
+                        f"{base_model.UNET_HEADS}; 8 until 2026-12-05)")
+    parser.add_argument("--tokens", type=int, default=base_model.PROMPT_TOKENS, help="tokenizer context (the "
+                        f"build's {base_model.PROMPT_TOKENS}; 77 until 2026-12-05)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tokenizer = build_toy_tokenizer(world.vocabulary())
-    unet, text_encoder = base_model.build_unet(), base_model.build_text_encoder(len(tokenizer), tokenizer)
+    tokenizer = build_toy_tokenizer(world.vocabulary(), model_max_length=args.tokens)
+    unet = base_model.build_unet(heads=args.heads)
+    text_encoder = base_model.build_text_encoder(len(tokenizer), tokenizer)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     ids = base_model.encode_captions(tokenizer, ["a picture, red circle figure, wearing black stripes"] * args.batch)
@@ -54,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(2):
             step(model, bf16)
         median = statistics.median(step(model, bf16) for _ in range(args.steps))
-        print(f"{name:14} {median:.3f} s/step median (batch {args.batch}, {args.threads} thread(s); first step "
+        print(f"{name:14} {median:.3f} s/step median (batch {args.batch}, {args.threads} thread(s), {args.heads} heads, "
+              f"{args.tokens} tokens; first step "
               f"{first:.1f} s)", flush=True)
     return 0
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.__main__ import main
-from harness.toy import world
+from harness.toy import base_model, world
 
 
 def test_quick_build_writes_a_loadable_testbed(tmp_path):
@@ -15,6 +15,8 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert json.loads((tmp_path / "lora_info.json").read_text()) == world.manifest()
     assert (tmp_path / "base" / "model_index.json").exists() and (tmp_path / "oracle" / "config.json").exists()
     assert json.loads((tmp_path / "metric_models" / "manifest.json").read_text())["checks"]  # toy CLIP, face, DINOv2
+    tokenizer_config = json.loads((tmp_path / "base" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == base_model.PROMPT_TOKENS
     for concept in world.CONCEPTS:
         assert (tmp_path / "lora" / f"{concept.id}.safetensors").stat().st_size > 0
         assert list((tmp_path / "references" / concept.id).glob("*.png"))

@@ -150,6 +150,21 @@ def test_testbed_config_gives_composlora_set_counts():
         assert set(world.parse_prompt(prompt)) == set(config["fill"]) - present  # fill phrases parse back
 
 
+def test_every_toy_prompt_fits_the_base_model_context():
+    from harness.prompts import truncation_report
+    from harness.testbeds import load_testbed
+    from harness.toy.base_model import PROMPT_TOKENS
+    from harness.toy.tokenizer import build_toy_tokenizer
+
+    tokenizer = build_toy_tokenizer(world.vocabulary(), model_max_length=PROMPT_TOKENS)
+    testbed = load_testbed(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/testbed/toy.yaml"), resolve=True))
+    prompts = [testbed.prompt_for(composition) for composition in testbed.sets()]
+    prompts += [world.caption(world.concept_spec(c.id, np.random.default_rng(0)), concepts=(c.id,)) for c in world.CONCEPTS]
+    assert all(truncation_report(tokenizer, prompt) is None for prompt in prompts)
+    too_long = ", ".join(prompts[-1:] * 3)  # the check above can fail: a prompt three times as long does not fit
+    assert truncation_report(tokenizer, too_long)["limit"] == PROMPT_TOKENS
+
+
 def test_toy_tokenizer_has_one_token_per_word(tmp_path):
     from harness.toy.tokenizer import build_toy_tokenizer
 
