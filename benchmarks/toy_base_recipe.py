@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = (dict(base_model.SD15_SCHEDULE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
                 if args.zero_terminal_snr else None)
     vae = AutoencoderKL.from_pretrained(args.testbed / "base" / "vae").eval()
-    tokenizer = build_toy_tokenizer(world.vocabulary())
+    tokenizer = build_toy_tokenizer(world.vocabulary(), model_max_length=base_model.PROMPT_TOKENS)  # as the build
     unet, text_encoder = base_model.train_unet(
         base_model.render_pool(8192, 0, args.unnamed_held_back), vae, tokenizer, args.steps, args.batch,
         lr=args.lr, seed=0,

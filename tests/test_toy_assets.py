@@ -3,6 +3,7 @@ clean renders; the oracle metric produces the documented rows."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import harness  # noqa: F401
@@ -41,6 +42,18 @@ def _image(pipe, prompt: str) -> np.ndarray:
 def test_pipeline_loads_and_generates(pipe):
     assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.tokenizer).__name__.startswith("CLIPTokenizer")
     assert _image(pipe, "a picture, red circle figure").shape == (32, 32, 3)
+
+
+def test_committed_base_is_the_builds_model(pipe):
+    """The committed base has the architecture and context the build trains (a stale base would not)."""
+    from harness.toy import base_model
+
+    assert pipe.tokenizer.model_max_length == base_model.PROMPT_TOKENS
+    assert pipe.unet.config.attention_head_dim == base_model.UNET_HEADS
+    def as_json(config) -> str:  # a saved config reads lists where the built one has tuples
+        return json.dumps({key: value for key, value in config.items() if not key.startswith("_")}, sort_keys=True)
+
+    assert as_json(base_model.build_unet().config) == as_json(pipe.unet.config)
 
 
 def test_every_lora_loads_and_changes_the_image(pipe):
