@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the testbed's)")
     parser.add_argument("--images", type=int, default=48, help="images per measurement")
     parser.add_argument("--scale", type=float, default=None, help="LoRA scale (default: the testbed's)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads while measuring (toy_quality --threads)")
     args = parser.parse_args(argv)
     ids = args.loras.split(",")
     unknown = [i for i in ids if i not in world.CONCEPTS_BY_ID]
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     config.lora_dir = str(lora_dir)
     scratch_config = args.work / "testbed.yaml"
     OmegaConf.save(config, scratch_config)
-    measure = ["--testbed", str(scratch_config), "--images", str(args.images), "--skip-base", "--loras", args.loras]
+    measure = ["--testbed", str(scratch_config), "--images", str(args.images), "--skip-base", "--loras", args.loras,
+               "--threads", str(args.threads)]
     measure += ["--triggers-last"] if args.triggers_last else []
     measure += ["--guidance", str(args.guidance)] if args.guidance is not None else []
     return toy_quality.main(measure + (["--scale", str(args.scale)] if args.scale is not None else []))
