@@ -227,13 +227,14 @@ def test_base_training_options_each_change_the_trained_unet():
     tokenizer = build_toy_tokenizer(world.vocabulary())
     options = {"plain": {}, "again": {}, "ema": {"ema": True}, "offset": {"noise_offset": 0.1},
                "min_snr": {"snr_gamma": 5.0}, "phrases": {"phrase_shuffle": True, "phrase_repeat": 0.5},
-               "phrase_offset": {"phrase_offset": 4}, "regions": {"region_weights": {"object": 4.0}}}
+               "phrase_offset": {"phrase_offset": 4}, "regions": {"region_weights": {"object": 4.0}},
+               "dots_oversampled": {"attribute_weights": {("clothing", "dots"): 3.0}}}
     weights = {}
     for name, extra in options.items():
         unet, _ = base_model.train_unet(pool, vae, tokenizer, steps=2, batch_size=4, seed=0, log=lambda _: None, **extra)
         weights[name] = unet.conv_in.weight.detach().clone()
     assert torch.equal(weights["plain"], weights["again"])  # seeded: the differences below come from the options
-    for name in ("ema", "offset", "min_snr", "phrases", "phrase_offset", "regions"):
+    for name in ("ema", "offset", "min_snr", "phrases", "phrase_offset", "regions", "dots_oversampled"):
         assert not torch.equal(weights["plain"], weights[name]), name
     assert base_model.build_unet(attention_at_16=True).down_blocks[0].attentions  # the pilot option really adds it
     assert not hasattr(base_model.build_unet().down_blocks[0], "attentions")
@@ -265,6 +266,25 @@ def test_region_weights_raise_the_loss_weight_on_the_slot_regions_only():
     for bad in ({"hat": 2.0}, {"object": 0.0}):
         with pytest.raises(ValueError, match="region_weights"):
             base_model.region_pixel_weights(pool, bad, 16)
+
+
+def test_attribute_weights_draw_the_weighted_scenes_that_many_times_as_often():
+    from harness.toy import base_model
+
+    pool = base_model.render_pool(200, seed=0)
+    dots = np.array(["dots" in spec.clothing for spec in pool.specs])
+    black = np.array([spec.clothing[0] == "black" for spec in pool.specs])
+    assert 0 < dots.sum() < len(dots) and (dots & ~black).any()
+    odds = base_model.scene_sampling_weights(pool, {("clothing", "dots"): 3.0})
+    assert odds.sum() == pytest.approx(1.0)
+    assert np.allclose(odds[dots], 3 * odds[~dots][0]) and np.allclose(odds[~dots], odds[~dots][0])
+    both = base_model.scene_sampling_weights(pool, {("clothing", "dots"): 3.0, ("clothing", "white"): 2.0})
+    white_dots, plain = dots & ~black, ~dots & black  # weights multiply: 6, 2, 1
+    assert np.allclose(both[white_dots], 6 * both[plain][0])
+    assert np.allclose(both[~dots & ~black], 2 * both[plain][0])
+    for bad in ({("clothing", "spirals"): 2.0}, {("hat", "dots"): 2.0}, {("clothing", "dots"): 0.0}):
+        with pytest.raises(ValueError, match="attribute_weights"):
+            base_model.scene_sampling_weights(pool, bad)
 
 
 def test_caption_augmentation_moves_phrases_and_keeps_their_words():

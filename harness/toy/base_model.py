@@ -88,6 +88,22 @@ def region_pixel_weights(pool: Pool, region_weights: dict[str, float], size: int
     return F.interpolate(weights, size=(size, size), mode="area")
 
 
+def scene_sampling_weights(pool: Pool, attribute_weights: dict[tuple[str, str], float]) -> np.ndarray:
+    """Each scene's probability of being drawn for a training batch: proportional to the product of the weights
+    of the attribute values it shows ({("clothing", "dots"): 3.0} draws every scene with dots 3x as often)."""
+    for (category, value), weight in attribute_weights.items():
+        first, second = world.SLOT_ATTRIBUTES.get(category, ((), ()))
+        if value not in (*first, *second) or weight <= 0:
+            raise ValueError(f"attribute_weights: {(category, value)!r} must name a category of {world.CATEGORIES} "
+                             f"and one of its attribute values, with a weight > 0; got {weight}")
+    odds = np.ones(len(pool.specs))
+    for index, spec in enumerate(pool.specs):
+        for (category, value), weight in attribute_weights.items():
+            if value in spec.slot(category):
+                odds[index] *= weight
+    return odds / odds.sum()
+
+
 def to_model_range(arrays: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -209,6 +225,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
                snr_gamma: float | None = None, ema: bool = False, noise_offset: float = 0.0,
                schedule: dict | None = None, attention_at_16: bool = False,
                region_weights: dict[str, float] | None = None,
+               attribute_weights: dict[tuple[str, str], float] | None = None,
                log: Callable[[str], None] = print,
                on_snapshot: Callable[[int, Any, Any], None] | None = None, snapshot_every: int = 0,
                on_step: Callable[[int], None] | None = None,
@@ -221,6 +238,8 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     noise, which hides the image's mean colour from the model at high noise (see ``harness.toy.build``).
     ``region_weights`` ({category: weight}) weights the loss per latent pixel by the slots' regions
     (``region_pixel_weights``), so small regions (the icon, the clothing pattern) are learnt sooner.
+    ``attribute_weights`` ({(category, attribute value): weight}) draws the scenes that show a value that many
+    times as often (``scene_sampling_weights``): for a variant the model learns late, such as dots.
     ``ema`` returns an exponential moving average of the weights (diffusers' EMAModel with warm-up), the usual
     way to get clean samples from a short, high-learning-rate run; snapshots hold the raw weights.
 
@@ -243,6 +262,7 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
         stds = torch.cat([m.std for m in moments])
     scale = vae.config.scaling_factor
     pixel_weights = region_pixel_weights(pool, region_weights, means.shape[-1]) if region_weights else None
+    scene_odds = scene_sampling_weights(pool, attribute_weights) if attribute_weights else None
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     average = EMAModel(params, decay=0.9999, use_ema_warmup=True) if ema else None
@@ -252,7 +272,10 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, steps, lr)
-        index = torch.from_numpy(rng.integers(len(pool.specs), size=batch_size))
+        if scene_odds is None:  # uniform draws stay as they were, so an unweighted base is unchanged
+            index = torch.from_numpy(rng.integers(len(pool.specs), size=batch_size))
+        else:
+            index = torch.from_numpy(rng.choice(len(pool.specs), size=batch_size, p=scene_odds))
         latents = (means[index] + stds[index] * torch.randn_like(means[index])) * scale
         captions = ["" if rng.random() < drop_caption else world.caption(pool.specs[i], rng, drop_slot,
                                                                         omit=pool.omitted(i))
