@@ -9,6 +9,9 @@
    prompt without the LoRA (how often the base draws the concept unaided).
    With ``--named``: each held-back combination prompted in generic words, without its LoRA (e.g. `wearing
    black dots` for Polka gown): can the base model compose that unseen pair from words it knows?
+   With ``--variants CATEGORY`` (e.g. clothing): each generic variant of that slot prompted in its own scenes,
+   without a LoRA: which variants the base model draws well (a late-learnt one, such as dots, holds back the
+   LoRA that must draw it in another ink).
 4. With ``--results DIR`` (a scored run, e.g. results/toy from ``make demo``): the pairs of composition
    methods whose 95 % CIs do not overlap at N=3..5 in DIR/leaderboard_long.csv (target: at least one).
 Sampler settings come from conf/testbed/toy.yaml unless overridden.
@@ -128,6 +131,21 @@ def named_combinations(pipe, oracle: Oracle, images: int, sampling: dict) -> dic
     return rates
 
 
+def variant_accuracy(pipe, oracle: Oracle, category: str, images: int, sampling: dict) -> dict[str, float]:
+    """Per generic variant of ``category``: the share of ``images`` generic scenes showing it, prompted by
+    their generic captions, in which the oracle reads that variant."""
+    rates = {}
+    for number, value in enumerate(world.generic_variants(category)):
+        rng = np.random.default_rng([300, number])
+        specs = [world.sample_generic_spec(rng).replace(**{category: value}) for _ in range(images)]
+        predictions = oracle.predict(generate(pipe, [world.caption(spec) for spec in specs], list(range(images)),
+                                              sampling))
+        label = world.variant_label(category, value)
+        rates[label] = float(np.mean([p[category].label == label for p in predictions]))
+        print(f"base, {category} variant {label:24} {rates[label]:.3f}", flush=True)
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testbed", default="conf/testbed/toy.yaml")
@@ -141,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="LoRA prompts with the trigger phrases after the generic ones (world.caption)")
     parser.add_argument("--named", action="store_true",
                         help="also: each held-back combination prompted in generic words, without a LoRA")
+    parser.add_argument("--variants", default=None, choices=world.CATEGORIES,
+                        help="also: each generic variant of this slot prompted alone, without a LoRA")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=None, help="scored results folder: report separations")
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.named:
         figures["named"] = named_combinations(pipe, oracle, args.images, sampling)
+    if args.variants:
+        figures["variants"] = variant_accuracy(pipe, oracle, args.variants, args.images, sampling)
 
     lora_dir = Path(config["lora_dir"])
     wanted = [] if args.loras == "none" else args.loras.split(",") if args.loras else [c.id for c in world.CONCEPTS]

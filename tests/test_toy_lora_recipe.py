@@ -89,6 +89,22 @@ def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
     assert all(rate in (0.0, 1.0) for rate in named.values())  # one image each: drawn or not
 
 
+def test_toy_quality_variants_measures_every_generic_variant_of_a_slot(tmp_path):
+    import json
+
+    import toy_quality
+
+    from harness.toy import world
+
+    out = tmp_path / "figures.json"
+    assert toy_quality.main(["--images", "2", "--skip-base", "--loras", "none", "--variants", "clothing",
+                             "--threads", "1", "--json", str(out)]) == 0
+    rates = json.loads(out.read_text())["variants"]
+    assert set(rates) == {f"generic:{ink}-{pattern}" for ink, pattern in world.generic_variants("clothing")}
+    assert "generic:white-dots" in rates and "generic:black-dots" not in rates  # held back: Polka gown's pair
+    assert all(rate in (0.0, 0.5, 1.0) for rate in rates.values())
+
+
 def test_preservation_adds_generic_scenes_and_keeps_the_concept_examples():
     from harness.toy import world
     from harness.toy.build import lora_examples
