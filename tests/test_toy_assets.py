@@ -69,6 +69,18 @@ def test_every_lora_loads_and_changes_the_image(pipe):
         pipe.unload_lora_weights()
 
 
+def test_committed_loras_were_trained_with_the_builds_steps():
+    from safetensors import safe_open
+
+    from harness.toy import build
+
+    for concept in world.CONCEPTS:
+        metadata = safe_open(TOY / "lora" / f"{concept.id}.safetensors", "pt").metadata()
+        expected = build.Budget().lora_steps * build.LORA_STEP_FACTOR.get(concept.category, 1)
+        assert int(metadata["steps"]) == expected, concept.id
+        assert json.loads(metadata["base_model"])["base"] == "testbed/toy/base", concept.id
+
+
 def test_references_exist_for_every_concept():
     for concept in world.CONCEPTS:
         files = sorted((TOY / "references" / concept.id).glob("*.png"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors import safe_open
 
 from harness.__main__ import main
-from harness.toy import base_model, world
+from harness.toy import base_model, build, world
 
 
 def test_quick_build_writes_a_loadable_testbed(tmp_path):
@@ -20,6 +21,9 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     for concept in world.CONCEPTS:
         assert (tmp_path / "lora" / f"{concept.id}.safetensors").stat().st_size > 0
         assert list((tmp_path / "references" / concept.id).glob("*.png"))
+        metadata = safe_open(tmp_path / "lora" / f"{concept.id}.safetensors", "pt").metadata()
+        factor = build.LORA_STEP_FACTOR.get(concept.category, 1)  # clothing LoRAs train 8x longer
+        assert int(metadata["steps"]) == build.QUICK.lora_steps * factor, concept.id
     # a second build resumes: every phase is skipped, nothing is retrained
     before = (tmp_path / "lora" / "character_1.safetensors").stat().st_mtime_ns
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
