@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--testbed", default="conf/testbed/toy.yaml")
     parser.add_argument("--work", type=Path, default=Path("results/toy_lora_recipe"),
                         help="scratch copy of the testbed (LoRAs, config) written here")
-    parser.add_argument("--steps", type=int, default=build.Budget.lora_steps)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default: the build's for each LoRA, build.lora_steps: 400, clothing 3200)")
     parser.add_argument("--lr", type=float, default=build.LORA_LEARNING_RATE)
     parser.add_argument("--rank", type=int, default=build.LORA_RANK)
     parser.add_argument("--examples", type=int, default=build.Budget.lora_examples)
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     for concept_id in ids:
         target = lora_dir / f"{concept_id}.safetensors"
         target.unlink(missing_ok=True)
-        print(f"[lora] {concept_id}: {args.steps} steps, lr {args.lr:g}, rank {args.rank}, {args.examples} renders")
-        build.train_concept_lora(Path(config.model.base), concept_id, target, steps=args.steps,
+        steps = args.steps or build.lora_steps(concept_id, build.Budget())
+        print(f"[lora] {concept_id}: {steps} steps, lr {args.lr:g}, rank {args.rank}, {args.examples} renders")
+        build.train_concept_lora(Path(config.model.base), concept_id, target, steps=steps,
                                  examples=args.examples, batch_size=args.batch, learning_rate=args.lr, rank=args.rank,
                                  loss={"snr_gamma": args.snr_gamma or None, "noise_offset": args.noise_offset},
                                  train_text_encoder=not args.no_text_encoder, drop_slot=args.drop_slot,

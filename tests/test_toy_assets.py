@@ -76,8 +76,7 @@ def test_committed_loras_were_trained_with_the_builds_steps():
 
     for concept in world.CONCEPTS:
         metadata = safe_open(TOY / "lora" / f"{concept.id}.safetensors", "pt").metadata()
-        expected = build.Budget().lora_steps * build.LORA_STEP_FACTOR.get(concept.category, 1)
-        assert int(metadata["steps"]) == expected, concept.id
+        assert int(metadata["steps"]) == build.lora_steps(concept.id, build.Budget()), concept.id
         assert json.loads(metadata["base_model"])["base"] == "testbed/toy/base", concept.id
 
 

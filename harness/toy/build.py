@@ -176,6 +176,13 @@ LORA_STEP_FACTOR = {"clothing": 8}
 BUILD_RECIPE = "build"  # train_concept_lora: "what the build does for this concept"
 
 
+def lora_steps(concept_id: str, budget: Budget) -> int:
+    """How many steps the build trains ``concept_id``'s LoRA: the budget's, times its category's factor."""
+    from harness.toy import world
+
+    return budget.lora_steps * LORA_STEP_FACTOR.get(world.CONCEPTS_BY_ID[concept_id].category, 1)
+
+
 def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25,
                   drop_caption: float = 0.0, preservation: int = 0,
                   mask_floor: float | None = None, triggers_last: bool = False) -> list[tuple[Image.Image, str]]:
@@ -224,7 +231,7 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
             log(f"[lora] {target} exists, skipped")
             continue
         started = time.time()
-        steps = budget.lora_steps * LORA_STEP_FACTOR.get(concept.category, 1)
+        steps = lora_steps(concept.id, budget)
         log(f"[lora] {concept.id} ({concept.name}), {steps} steps")
         train_concept_lora(out / "base", concept.id, target, steps=steps,
                            examples=budget.lora_examples, batch_size=budget.lora_batch)
