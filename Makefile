@@ -22,7 +22,9 @@ demo: $(STAMP)
 	$(PY) -m harness demo
 
 # two test workers on two cores: one torch thread each (more threads per process oversubscribe the CPU)
+# lint-imports checks the layering of docs/architecture.md (contract in pyproject.toml)
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q -p no:warnings
 
 bench: $(STAMP)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_tables.py [--rows-per-image 5] [--sets 50]
 
 Writes synthetic score rows (5 methods x N in 2..5 x sets x 2 seeds x sub-metrics) into a temporary
-results folder with harness.scoring.append_rows, then times harness.tables.write_tables (tidy table,
+results folder with harness.store.append_rows, then times harness.tables.write_tables (tidy table,
 leaderboard with bootstrap CIs, coverage, judge table). Images are not needed for the tables.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import harness  # noqa: F401
 from harness.io import stable_hash
 from harness.metrics.base import ScoreRow
-from harness.scoring import append_rows
+from harness.store import append_rows
 from harness.tables import write_tables
 
 METHODS = ["merge", "switch", "composite", "w_switch", "w_composite"]

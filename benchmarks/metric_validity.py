@@ -8,7 +8,7 @@ The script scores the folder with the metrics' toy configs (and the toy oracle w
 
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python benchmarks/metric_validity.py --out results/metric_validity
 
-On the real toy testbed (diffusion images) use ``python -m harness.validity results/toy`` instead.
+On the real toy testbed (diffusion images), ``python -m harness table results/toy`` writes ``validity.csv``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import numpy as np
 from PIL import Image
 
 import harness  # noqa: F401
-from harness.io import atomic_write_json
+from harness.config import metric_config
 from harness.metrics.base import METRICS, Metric
-from harness.scoring import load_scores, metric_config, score_results
-from harness.testbeds import resolve_path
+from harness.paths import resolve_path
+from harness.scoring import score_results
+from harness.store import iter_images, load_scores, new_set_metadata, set_folder, write_set_metadata
+from harness.tables import lora_ids, tidy_table
 from harness.toy import world
-from harness.validity import validity_table, write_validity
+from harness.validity import GroundTruth, ground_truth_pairs, validity_table, write_validity
 
 DROP_RATES = {"drop_0": 0.0, "drop_25": 0.25, "drop_50": 0.5, "drop_75": 0.75}
 
@@ -58,7 +60,7 @@ def build_results(out: Path, n_sets: int, seeds: int, reference_dir: Path, seed:
     manifest = {entry["id"]: entry for entries in world.manifest().values() for entry in entries}
     for set_ids, (label, rate) in itertools.product(sample_sets(n_sets, rng), DROP_RATES.items()):
         set_id = "+".join(set_ids)
-        folder = out / "images" / label / set_id
+        folder = set_folder(out, label, set_id)
         folder.mkdir(parents=True, exist_ok=True)
         loras = [{"id": i, "name": manifest[i]["name"], "category": world.CONCEPTS_BY_ID[i].category,
                   "trigger": manifest[i]["trigger"], "path": "", "sha256": "", "scale": 1.0,
@@ -74,9 +76,9 @@ def build_results(out: Path, n_sets: int, seeds: int, reference_dir: Path, seed:
                 "file": f"seed{image_seed}.png", "key": f"{label}/{set_id}/{image_seed}",
                 "prompt": world.caption(spec, concepts=tuple(set_ids)), "negative_prompt": "",
                 "truth": {"all_present": len(kept) == len(set_ids), "kept": kept}}
-        atomic_write_json(folder / "metadata.json", {
-            "testbed": "toy-render", "method": {"name": label, "label": label, "key": label, "settings": {"drop": rate}},
-            "set": {"id": set_id, "n": len(set_ids), "loras": loras}, "images": records, "failed": {}})
+        metadata = new_set_metadata("toy-render", {"name": label, "label": label, "key": label, "settings": {"drop": rate}},
+                                    {"id": set_id, "n": len(set_ids), "loras": loras})
+        write_set_metadata(folder, {**metadata, "images": records})
 
 
 def main() -> int:
@@ -94,11 +96,13 @@ def main() -> int:
         metrics["oracle"] = metric_config("oracle")
     score_results(out, metrics, progress=False)
     print(f"{len(load_scores(out))} score rows")
-    path = write_validity(out, "render_truth", "all_present", "validity_render_truth.csv")
-    print(validity_table(out, "render_truth", "all_present").to_string(index=False))
-    print(f"wrote {path}")
+    tidy, ids = tidy_table(out), lora_ids(iter_images(out))
+    table = validity_table(ground_truth_pairs(tidy, GroundTruth("render_truth", "all_present"), ids))
+    print(table.to_string(index=False))
+    print(f"wrote {write_validity(out, table, 'validity_render_truth.csv')}")
     if "oracle" in metrics:
-        print(f"wrote {write_validity(out)}")
+        oracle_table = validity_table(ground_truth_pairs(tidy, GroundTruth("oracle", "all_present"), ids))
+        print(f"wrote {write_validity(out, oracle_table)}")
     return 0
 
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from diffusers import AutoencoderKL
 
-    from harness.models import load_pipeline
+    from harness.pipelines import load_pipeline
 
     schedule = (dict(base_model.SD15_SCHEDULE, rescale_betas_zero_snr=True, prediction_type="v_prediction")
                 if args.zero_terminal_snr else None)

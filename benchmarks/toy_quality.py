@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=None, help="scored results folder: report separations")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from harness.models import load_pipeline
+    from harness.pipelines import load_pipeline
 
     config = OmegaConf.to_container(OmegaConf.load(args.testbed), resolve=True)
     sampling = dict(config["sampling"])

@@ -7,33 +7,17 @@ import sys
 
 # subcommand -> "module:function"; each function takes argv (without the subcommand) and returns an exit code
 SUBCOMMANDS = {
-    "run": "harness.__main__:_run",
-    "score": "harness.__main__:_score",
-    "table": "harness.tables:main",
+    "run": "harness.cli:run_main",
+    "score": "harness.cli:score_main",
+    "table": "harness.cli:table_main",
+    "report": "harness.cli:report_main",
     "compare": "harness.compare:main",
-    "report": "harness.report:main",
     "train-lora": "harness.train_lora:main",
     "testbed": "harness.toy.build:main",
     "bench": "harness.bench:main",
     "demo": "harness.demo:main",
     "sets": "harness.inspect_testbed:main",
 }
-
-
-def _hydra(app_name: str, argv: list[str]) -> int:
-    from harness import cli
-
-    sys.argv = [f"harness {app_name}", *argv]  # Hydra parses sys.argv itself
-    getattr(cli, f"{app_name}_app")()
-    return 0
-
-
-def _run(argv: list[str]) -> int:
-    return _hydra("run", argv)
-
-
-def _score(argv: list[str]) -> int:
-    return _hydra("score", argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import torch
 
 from harness.lora import AdapterCache, LoraSpec
 from harness.methods import METHODS, ImageContext
-from harness.models import load_pipeline
+from harness.pipelines import load_pipeline
 from harness.sampler import Sampler, SamplingSettings
 from harness.tiny import build_tiny_testbed
 

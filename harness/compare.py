@@ -25,12 +25,11 @@ import numpy as np
 import pandas as pd
 
 from harness import stats
-from harness.metrics.base import SCORE_COLUMNS
-from harness.records import iter_images
-from harness.scoring import SCORES_DIR
+from harness.store import (
+    LEADERBOARD_FILE, SCORE_COLUMNS, SCORES_STEM, iter_images, pairwise_sub_metric, results_dir_of_scores,
+)
 from harness.tables import (
-    ALL_N, JUDGE_METRIC, LEADERBOARD_FILE, SCORES_STEM, is_pairwise_judge, lora_ids, n_order, names_a_lora,
-    tidy_table, typed_scores, write_csv,
+    ALL_N, JUDGE_METRIC, is_pairwise_judge, lora_ids, n_order, names_a_lora, tidy_table, typed_scores, write_csv,
 )
 
 DEFAULT_RESULTS = Path("results/toy")
@@ -65,10 +64,7 @@ def _load_source(path: Path) -> pd.DataFrame:
         return typed_scores(frame)
     if path.suffix == ".jsonl":
         # scores/<metric>/<metric_key>/<label>.jsonl: read through its folder so the usual dedup applies.
-        if len(path.parents) < 4 or path.parents[2].name != SCORES_DIR:
-            raise ValueError(f"{path} is not inside a results folder's {SCORES_DIR}/<metric>/<metric_key>/; pass "
-                             f"the results folder or its {SCORES_STEM}.parquet instead.")
-        rows = tidy_table(path.parents[3])
+        rows = tidy_table(results_dir_of_scores(path))
         return rows[(rows["metric"] == path.parents[1].name) & (rows["metric_key"] == path.parent.name)
                     & (rows["method_label"] == path.stem)]
     raise ValueError(f"cannot read {path}: expected a results folder, .parquet, .csv, {LEADERBOARD_FILE} or .jsonl")
@@ -78,7 +74,7 @@ def _folder_of(path: Path) -> Path:
     """The results folder a source lives in (a tidy table and leaderboard sit at its top)."""
     if path.is_dir():
         return path
-    return path.parents[3] if path.suffix == ".jsonl" else path.parent
+    return results_dir_of_scores(path) if path.suffix == ".jsonl" else path.parent
 
 
 def resolve_side(spec: str, results_dir: Path | None) -> Side:
@@ -109,9 +105,9 @@ def resolve_side(spec: str, results_dir: Path | None) -> Side:
 def _paired_view(side: Side, other_label: str) -> pd.DataFrame:
     """Rows keyed by comparison column; judge pairwise rows against the other side become criteria."""
     rows = side.rows.copy()
-    suffix = f"_vs_{other_label}"
+    suffix = pairwise_sub_metric("", other_label)  # "_vs_<other>": this side's score against the other
     versus_other = (rows["metric"] == JUDGE_METRIC) & rows["sub_metric"].str.endswith(suffix) & \
-        ~rows["sub_metric"].str.contains("_consistent_vs_", regex=False)
+        ~rows["sub_metric"].str.endswith(pairwise_sub_metric("", other_label, consistency=True))
     rows = rows[~is_pairwise_judge(rows) | versus_other].copy()
     judged = is_pairwise_judge(rows)
     rows.loc[judged, "sub_metric"] = rows.loc[judged, "sub_metric"].str.removesuffix(suffix) + " (pairwise)"

@@ -8,11 +8,14 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
 from hydra import compose, initialize_config_dir
 
-from harness.cli import CONF_DIR
-from harness.runner import RunFailed, run, selected_metrics
-from harness.testbeds import PROJECT_ROOT
+from harness.config import RunConfig
+from harness.paths import CONF_DIR, PROJECT_ROOT
+from harness.runner import run
+from harness.store import LEADERBOARD_FILE, read_testbed_info
+from harness.workflow import finish_results
 
 DEMO_METHODS = ["base", "merge", "switch", "composite", "w_switch", "w_composite"]
 DEMO_SETS_PER_N = 12
@@ -22,18 +25,12 @@ def default_testbed() -> str:
     return "toy" if (PROJECT_ROOT / "testbed" / "toy" / "base" / "model_index.json").exists() else "tiny"
 
 
-HEADLINE_COLUMNS = ["oracle/all_present", "oracle/all_kept", "clip_text", "arcface/mean", "arcface/face_detected",
-                    "image_ref/clip:mean", "image_ref/dino:mean"]
-
-
-def headline(leaderboard: Path) -> str:
-    """The leaderboard's "all" rows, a few headline columns as 'mean [95% CI]' (the CSV has every column)."""
-    import pandas as pd
-
+def headline(leaderboard: Path, columns: list[str]) -> str:
+    """The leaderboard's "all" rows, the testbed's primary columns as 'mean [95% CI]' (the CSV has every column)."""
     table = pd.read_csv(leaderboard)
     table = table[table["n"].astype(str) == "all"]
     shown = {"method": table["method"]}
-    for column in HEADLINE_COLUMNS:
+    for column in columns:
         if f"{column}.mean" in table:
             shown[column] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(m) else "missing" for m, lo, hi in
                              zip(table[f"{column}.mean"], table[f"{column}.ci_low"], table[f"{column}.ci_high"])]
@@ -53,26 +50,20 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: the toy testbed is not built (testbed/toy/base missing); running the tiny random testbed")
     started = time.perf_counter()
     failed = []
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    subset = [f"limit_per_n={args.sets_per_n}"] if args.sets_per_n else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for method in args.methods:
-            subset = [f"limit_per_n={args.sets_per_n}"] if args.sets_per_n else []
-            cfg = compose("config", overrides=[f"testbed={testbed}", f"method={method}", "score=false",
-                                               "tables=false", *subset, *args.overrides])
-            try:
-                run(cfg)
-            except RunFailed as error:
-                failed.append(f"{method}: {error}")
-        from harness.scoring import score_results
-        from harness.tables import refresh_tables
-
-        output_dir = Path(cfg.output_dir)
-        metrics = selected_metrics(cfg)
-        if metrics:
-            score_results(output_dir, metrics)
-            refresh_tables(output_dir)
-            leaderboard = output_dir / "leaderboard.csv"
-            if leaderboard.exists():
-                print(headline(leaderboard))
+            cfg = compose("config", overrides=[f"testbed={testbed}", f"method={method}", *subset, *args.overrides])
+            config = RunConfig.from_hydra(cfg)
+            summary = run(config.testbed, config.method, config.method_label, config.settings)
+            if summary.failed:
+                failed.append(f"{method}: {summary.failed_count} image(s) failed: "
+                              + summary.line(0, config.settings.output_dir))
+    output_dir = config.settings.output_dir
+    finish_results(output_dir, config.metrics)  # every method at once: one model load per metric
+    leaderboard = output_dir / LEADERBOARD_FILE
+    if leaderboard.exists():
+        print(headline(leaderboard, read_testbed_info(output_dir).get("primary_columns") or []))
     print(f"demo: {len(args.methods)} methods on {testbed} in {time.perf_counter() - started:.0f} s -> {output_dir}")
     for line in failed:
         print("failed:", line)

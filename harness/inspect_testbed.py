@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from omegaconf import OmegaConf
-
-from harness.testbeds import PROJECT_ROOT, load_testbed
+from harness.config import load_testbed_config, testbed_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,9 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="*", default=None)
     parser.add_argument("--prompts", action="store_true", help="print each set's prompt too")
     args = parser.parse_args(argv)
-    config = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "testbed" / f"{args.testbed}.yaml"),
-                                    resolve=True)
-    testbed = load_testbed(config)
+    testbed = load_testbed_config(testbed_config(args.testbed))
     sets = [s for s in testbed.sets() if not args.n or s.n in args.n]
     for composition in sets:
         print(composition.id + (f"\t{testbed.prompt_for(composition)}" if args.prompts else ""))

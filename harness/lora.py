@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from harness.models import cached_sha256
+from harness.pipelines import cached_sha256
 
 PEFT_PREFIX = "base_model.model."
 UNET_MODULE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out",

@@ -6,7 +6,7 @@ Written under ``<results>/pictures/`` from the images and the tables ``python -m
     contact_n<N>.png          every set of one N (rows, first seed) x methods (columns)
     plots/metric_<col>.png    each leaderboard column: mean and 95 % CI by method, split by N
     plots/judge_win_rates.png LLM-judge pairwise win/tie/loss shares per method pair and N
-    plots/validity_<col>.png  per image, metric value vs the toy oracle (all elements present)
+    plots/validity_<col>.png  per image, metric value vs the testbed's ground truth (toy: the oracle)
 
 Plots use matplotlib's object API with the Agg canvas (no display, no global pyplot state).
 """
@@ -22,16 +22,11 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
-from scipy import stats as scipy_stats
 
 from harness.io import atomic_write
-from harness.records import ImageRecord, iter_images
-from harness.tables import (
-    ALL_N, JUDGE_FILE, LEADERBOARD_LONG_FILE, ORACLE_METRIC, ORACLE_SUB_METRIC, SCORES_STEM, column_groups,
-    has_value, lora_ids, n_order,
-)
+from harness.store import JUDGE_FILE, LEADERBOARD_LONG_FILE, PICTURES_DIR, ImageRecord, iter_images
+from harness.tables import ALL_N, n_order
 
-PICTURES_DIR = "pictures"
 GRID_CELL = 160  # pixels per image in a set grid (small toy images are upscaled without smoothing)
 CONTACT_CELL = 96
 CONTACT_MAX_SETS = 60  # per N; a larger testbed gets the first sets and a note in the title
@@ -187,40 +182,34 @@ def plot_judge_win_rates(judge: pd.DataFrame, out_dir: Path) -> Path | None:
     return _save_figure(figure, out_dir / "judge_win_rates.png")
 
 
-def plot_validity(tidy: pd.DataFrame, out_dir: Path, lora_ids: frozenset[str] = frozenset()) -> list[Path]:
-    """Per image, each metric column against the toy oracle (fraction/indicator of elements present)."""
-    oracle = tidy[(tidy["metric"] == ORACLE_METRIC) & (tidy["sub_metric"] == ORACLE_SUB_METRIC) & has_value(tidy)]
-    if oracle.empty:
-        return []
-    oracle = oracle.drop_duplicates("image_id")[["image_id", "value"]].rename(columns={"value": "oracle"})
-    valued = tidy[has_value(tidy)]
+def plot_validity(pairs: pd.DataFrame, validity: pd.DataFrame, truth: str, out_dir: Path) -> list[Path]:
+    """Per image, each metric column against the ground truth; the title quotes validity.csv's Spearman rho
+    (``pairs`` and ``validity`` come from ``harness.validity``: one computation for both)."""
+    rho_of = {(r.metric, r.metric_key, r.sub_metric): r.spearman_rho for r in validity.itertuples()}
     rng = np.random.default_rng(0)  # jitter only spreads overlapping points; fixed so files are stable
     written = []
-    for group in column_groups(valued, lora_ids).itertuples():
-        if group.metric == ORACLE_METRIC:
-            continue
-        rows = valued[(valued["metric"] == group.metric) & (valued["sub_metric"] == group.sub_metric)
-                      & (valued["metric_key"] == group.metric_key)]
-        merged = rows.merge(oracle, on="image_id")
+    for column, merged in pairs.groupby("column", sort=False):
         if len(merged) < 3:
             continue
-        column = group.column
-        rho = scipy_stats.spearmanr(merged["oracle"], merged["value"]).statistic
+        first = merged.iloc[0]
+        rho = rho_of.get((first["metric"], first["metric_key"], first["sub_metric"]), np.nan)
         figure = Figure(figsize=(4.8, 3.6))
         axes = figure.add_subplot()
         for method, part in merged.groupby("method_label"):
             jitter = rng.uniform(-0.04, 0.04, len(part))
-            axes.scatter(part["oracle"] + jitter, part["value"], s=14, alpha=0.7, label=method)
-        axes.set_xlabel(f"oracle {ORACLE_SUB_METRIC} (jittered)")
+            axes.scatter(part["truth"] + jitter, part["value"], s=14, alpha=0.7, label=method)
+        axes.set_xlabel(f"{truth} (jittered)")
         axes.set_ylabel(column)
-        axes.set_title(f"{column} vs oracle\nSpearman rho = {rho:.2f}, n = {len(merged)}", fontsize=9)
+        axes.set_title(f"{column} vs {truth}\nSpearman rho = {rho:.2f}, n = {len(merged)}", fontsize=9)
         axes.legend(fontsize=7)
         written.append(_save_figure(figure, out_dir / f"validity_{slug(column)}.png"))
     return written
 
 
-def write_pictures(results_dir: str | Path) -> dict[str, Path]:
-    """Rebuild every picture of a results folder (needs the tables; `python -m harness table` writes both)."""
+def write_pictures(results_dir: str | Path, validity: tuple[pd.DataFrame, pd.DataFrame, str] | None = None
+                   ) -> dict[str, Path]:
+    """Rebuild every picture of a results folder from its tables; ``validity`` is ``(pairs, table, truth)`` from
+    ``harness.validity`` where the testbed has a ground truth."""
     results_dir = Path(results_dir)
     long_path, judge_path = results_dir / LEADERBOARD_LONG_FILE, results_dir / JUDGE_FILE
     if not long_path.exists():
@@ -234,8 +223,9 @@ def write_pictures(results_dir: str | Path) -> dict[str, Path]:
     written += [plot_metric(long, column, out / "plots") for column in dict.fromkeys(long["column"])]
     judge_plot = plot_judge_win_rates(pd.read_csv(judge_path, dtype={"n": str}), out / "plots")
     written += [judge_plot] if judge_plot else []
-    tidy = pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet")
-    written += plot_validity(tidy, out / "plots", lora_ids(records))
+    if validity is not None:
+        pairs, table, truth = validity
+        written += plot_validity(pairs, table, truth, out / "plots")
     for stale in old - set(written):  # pictures of sets, metrics or methods no longer in the folder
         stale.unlink()
     return {"pictures": out}

@@ -8,20 +8,18 @@ loaded; the headless-Chromium test reads it.
 
 from __future__ import annotations
 
-import argparse
 import html
 from pathlib import Path
 
 import pandas as pd
 
 from harness.io import atomic_write_text, read_json
-from harness.pictures import PICTURES_DIR, slug
-from harness.tables import (
-    ALL_N, COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, SCORES_STEM,
-    VALIDITY_FILE, n_order, refresh_tables,
+from harness.pictures import slug
+from harness.store import (
+    COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PICTURES_DIR,
+    REPORT_FILE, SCORES_STEM, VALIDITY_FILE,
 )
-
-REPORT_FILE = "report.html"
+from harness.tables import ALL_N, n_order
 DOWNLOADS = [LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, f"{SCORES_STEM}.parquet",
              f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE, VALIDITY_FILE]
 
@@ -129,7 +127,7 @@ def render_report(results_dir: Path) -> str:
 
     validity = sorted(plots.glob("validity_*.png"))
     if validity or (results_dir / VALIDITY_FILE).exists():
-        body.append("<h2>Validity: metric vs oracle (toy testbed)</h2>")
+        body.append("<h2>Validity: metric vs the testbed's ground truth</h2>")
         if (results_dir / VALIDITY_FILE).exists():
             body.append(_table(pd.read_csv(results_dir / VALIDITY_FILE, keep_default_na=False)))
         body.append("<div class='plots'>")
@@ -167,17 +165,3 @@ def write_report(results_dir: str | Path) -> Path:
     path = results_dir / REPORT_FILE
     atomic_write_text(path, render_report(results_dir))
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness report",
-        description="Rebuild tables, pictures and the static HTML report of a results folder.")
-    parser.add_argument("results_dir", type=Path, help="results folder, e.g. results/toy")
-    args = parser.parse_args(argv)
-    try:
-        paths = refresh_tables(args.results_dir)
-    except FileNotFoundError as error:
-        parser.exit(2, f"error: {error}\n")
-    print(f"report: {paths['report']}")
-    return 0

@@ -1,8 +1,10 @@
-"""``python -m harness run``: generate every set x seed of a testbed with one method, resumably.
+"""Generation: every selected set x seed of a testbed with one method, resumably.
 
 Idempotency lives here, not in the launcher (Hydra has no sweep resume): each image has a content-addressed
-key, and an image whose key is already recorded next to an existing file is skipped. ``metadata.json`` is
-rewritten atomically after every image, so a killed run loses at most the image in flight.
+key, and an image whose key is already recorded next to an existing file is skipped. The set's
+``metadata.json`` is updated (locked read, merge, atomic write: ``harness.store``) after every image, so a
+killed run loses at most the image in flight. Scoring and tables are not this module's job
+(``harness.workflow``).
 """
 
 from __future__ import annotations
@@ -16,20 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.io import atomic_write, atomic_write_json, read_json, stable_hash
-from harness.lora import AdapterCache, LoraError, LoraSpec
-from harness.methods import METHODS, CompositionMethod, ImageContext
-from harness.models import cached_sha256, model_identity, resolve_device
+from tqdm import tqdm
+
+from harness.devices import resolve_device
+from harness.io import atomic_write, stable_hash
+from harness.lora import AdapterCache, LoraError, read_lora_state_dict
+from harness.methods import CompositionMethod, ImageContext
+from harness.paths import local_or_hub
+from harness.pipelines import cached_sha256, load_pipeline, model_identity
 from harness.prompts import truncation_report
-from harness.records import METADATA_FILE, image_filename
 from harness.sampler import Sampler, SamplingSettings
-from harness.testbeds import CompositionSet, Testbed, load_testbed
+from harness.settings import ConfigError, RunSettings, Shard
+from harness.store import image_filename, new_set_metadata, set_folder, update_set_metadata, write_testbed_info
+from harness.testbeds import CompositionSet, Testbed
 
 log = logging.getLogger("harness.run")
-
-
-class RunFailed(RuntimeError):
-    """Some images failed; the others were kept. Raised at the end so a sweep still runs every job."""
 
 
 @dataclass
@@ -37,6 +40,10 @@ class RunSummary:
     generated: int = 0
     skipped: int = 0
     failed: Counter = field(default_factory=Counter)  # reason -> count
+
+    @property
+    def failed_count(self) -> int:
+        return sum(self.failed.values())
 
     def line(self, seconds: float, output_dir: Path) -> str:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in self.failed.most_common())
@@ -54,28 +61,23 @@ def image_seed(seed: int, set_id: str, mode: str = "per_set") -> int:
     return int(hashlib.sha256(f"{seed}/{set_id}".encode()).hexdigest()[:15], 16)
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        index, count = (int(part) for part in str(shard).split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
-    if not 0 <= index < count:
-        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
-    return index, count
-
-
 def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: list[str] | None = None,
-                limit: int | None = None, shard: str = "0/1", limit_per_n: int | None = None) -> list[CompositionSet]:
+                limit: int | None = None, shard: str | Shard = "0/1", limit_per_n: int | None = None
+                ) -> list[CompositionSet]:
     """Filters, then the limits, then this shard's share (every n-th set, so shards stay balanced by N).
 
     ``limit_per_n`` keeps an evenly spaced subset of each N (a stratified sample that still spans every
     character and category), the same subset on every machine."""
     if n:
+        unknown_n = set(n) - {s.n for s in sets}
+        if unknown_n:
+            raise ConfigError(f"n={sorted(n)}: the testbed has no sets of size {sorted(unknown_n)}; its sizes are "
+                              f"{sorted({s.n for s in sets})}")
         sets = [s for s in sets if s.n in set(n)]
     if ids:
         unknown = set(ids) - {s.id for s in sets}
         if unknown:
-            raise ValueError(f"unknown set ids {sorted(unknown)}; list them with `python -m harness sets`")
+            raise ConfigError(f"unknown set ids {sorted(unknown)}; list them with `python -m harness sets`")
         sets = [s for s in sets if s.id in set(ids)]
     if limit_per_n is not None:
         kept = []
@@ -86,17 +88,8 @@ def select_sets(sets: list[CompositionSet], n: list[int] | None = None, ids: lis
         sets = kept
     if limit is not None:
         sets = sets[: int(limit)]
-    index, count = parse_shard(shard)
-    return sets[index::count]
-
-
-def local_or_hub(source: str | None) -> str | Path | None:
-    """A model path resolved like every testbed path (cwd, then project root); anything else (a hub id)
-    is passed on unchanged."""
-    from harness.testbeds import resolve_path
-
-    resolved = resolve_path(source)
-    return resolved if resolved is not None and resolved.exists() else source
+    shard = Shard.parse(shard)
+    return sets[shard.index::shard.count]
 
 
 def library_versions() -> dict[str, str]:
@@ -116,8 +109,6 @@ def lora_hashes(composition: CompositionSet) -> dict[str, str]:
     hashes = {}
     for lora in composition.loras:
         if not lora.path.exists():
-            from harness.lora import read_lora_state_dict
-
             read_lora_state_dict(lora)  # raises the one-paragraph "file not found" error
         hashes[lora.id] = cached_sha256(lora.path)
     return hashes
@@ -131,7 +122,7 @@ class Runner:
                  adapter_cache: int = 32) -> None:
         self.testbed, self.method, self.method_label = testbed, method, method_label
         self.output_dir = Path(output_dir)
-        self.device = str(resolve_device(device))
+        self.device = resolve_device(device)
         self.dtype = dtype or testbed.model.get("dtype", "float32")
         self.batching, self.seed_mode, self.adapter_cache_size = batching, seed_mode, adapter_cache
         sampling = testbed.sampling
@@ -155,8 +146,6 @@ class Runner:
 
     def sampler(self) -> Sampler:
         if self._sampler is None:
-            from harness.models import load_pipeline
-
             model = self.testbed.model
             pipe = load_pipeline(self.model_identity["base"], vae=self.model_identity.get("vae"),
                                  scheduler=model.get("scheduler", "dpmsolver++"), dtype=self.dtype, device=self.device,
@@ -178,23 +167,39 @@ class Runner:
         }, 32)
 
     def folder(self, composition: CompositionSet) -> Path:
-        return self.output_dir / "images" / self.method_label / composition.id
+        return set_folder(self.output_dir, self.method_label, composition.id)
 
-    def _new_metadata(self, composition: CompositionSet, hashes: dict[str, str]) -> dict[str, Any]:
-        return {
-            "testbed": self.testbed.name,
-            "method": {"name": self.method.name, "label": self.method_label, "key": self.method_key,
-                       "settings": self.method.settings},
-            "set": {"id": composition.id, "n": composition.n,
-                    "loras": [lora.describe(self.lora_scale, hashes.get(lora.id)) for lora in composition.loras]},
-            "images": {}, "failed": {},
-        }
+    def _method_info(self) -> dict[str, Any]:
+        return {"name": self.method.name, "label": self.method_label, "key": self.method_key,
+                "settings": self.method.settings}
+
+    def _set_info(self, composition: CompositionSet, hashes: dict[str, str]) -> dict[str, Any]:
+        return {"id": composition.id, "n": composition.n,
+                "loras": [lora.describe(self.lora_scale, hashes.get(lora.id)) for lora in composition.loras]}
+
+    def _record(self, composition: CompositionSet, hashes: dict[str, str],
+                images: dict[int, dict[str, Any]] | None = None, failures: dict[int, str] | None = None
+                ) -> dict[str, Any]:
+        """Merge new image records and failures into the set's metadata.json (under its lock); returns it."""
+        images, failures = images or {}, failures or {}
+
+        def merge(metadata: dict[str, Any]) -> None:
+            metadata["method"] = self._method_info()
+            if hashes or "set" not in metadata:
+                metadata["set"] = self._set_info(composition, hashes)
+            for seed, record in images.items():
+                metadata["images"][str(seed)] = record
+                metadata["failed"].pop(str(seed), None)
+            for seed, reason in failures.items():
+                metadata["failed"][str(seed)] = {"reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+        return update_set_metadata(self.folder(composition), merge, lambda: new_set_metadata(
+            self.testbed.name, self._method_info(), self._set_info(composition, hashes)))
 
     # -- generation ------------------------------------------------------------------------------------
 
     def run_set(self, composition: CompositionSet, seeds: list[int], summary: RunSummary, progress: Any) -> None:
         folder = self.folder(composition)
-        metadata_path = folder / METADATA_FILE
         prompt = self.testbed.prompt_for(composition)
         try:
             missing = self.testbed.missing_triggers(composition, prompt)
@@ -206,9 +211,7 @@ class Runner:
         except LoraError as error:
             self._fail_all(composition, seeds, str(error), summary, progress)
             return
-        metadata = read_json(metadata_path) or self._new_metadata(composition, hashes)
-        metadata["set"] = self._new_metadata(composition, hashes)["set"]
-        metadata["method"] = self._new_metadata(composition, hashes)["method"]
+        metadata = self._record(composition, hashes)
         for seed in seeds:
             key = self.image_key(composition, hashes, prompt, seed)
             record = metadata["images"].get(str(seed))
@@ -218,22 +221,19 @@ class Runner:
                 continue
             try:
                 record = self.generate(composition, prompt, seed, key, folder)
-                metadata["images"][str(seed)] = record
-                metadata["failed"].pop(str(seed), None)
+                metadata = self._record(composition, hashes, images={seed: record})
                 summary.generated += 1
             except LoraError as error:  # the whole set is unusable: record it for every remaining seed
                 remaining = seeds[seeds.index(seed):]
-                self._record_failures(metadata, remaining, str(error))
-                atomic_write_json(metadata_path, metadata)
+                self._record(composition, hashes, failures={s: str(error) for s in remaining})
                 summary.failed[_short_reason(str(error))] += len(remaining)
                 progress.update(len(remaining))
                 log.error(str(error))
                 return
             except Exception as error:  # one image failed; keep going with the others
                 log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
-                self._record_failures(metadata, [seed], f"{type(error).__name__}: {error}")
+                metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
                 summary.failed[type(error).__name__] += 1
-            atomic_write_json(metadata_path, metadata)
             progress.update(1)
 
     def generate(self, composition: CompositionSet, prompt: str, seed: int, key: str, folder: Path) -> dict[str, Any]:
@@ -269,18 +269,22 @@ class Runner:
                         "metadata under 'truncation'.", self.testbed.name, "; ".join(cut))
         return report
 
-    def _record_failures(self, metadata: dict[str, Any], seeds: list[int], reason: str) -> None:
-        for seed in seeds:
-            metadata["failed"][str(seed)] = {"reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
     def _fail_all(self, composition: CompositionSet, seeds: list[int], reason: str, summary: RunSummary,
                   progress: Any) -> None:
-        metadata_path = self.folder(composition) / METADATA_FILE
-        metadata = read_json(metadata_path) or self._new_metadata(composition, {})
-        pending = [seed for seed in seeds if str(seed) not in metadata["images"]
-                   or not (self.folder(composition) / metadata["images"][str(seed)]["file"]).exists()]
-        self._record_failures(metadata, pending, reason)
-        atomic_write_json(metadata_path, metadata)
+        folder = self.folder(composition)
+        pending: list[int] = []
+
+        def fail_pending(metadata: dict[str, Any]) -> None:
+            metadata.setdefault("set", self._set_info(composition, {}))
+            metadata["method"] = self._method_info()
+            for seed in seeds:
+                record = metadata["images"].get(str(seed))
+                if record is None or not (folder / record["file"]).exists():
+                    pending.append(seed)
+                    metadata["failed"][str(seed)] = {"reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+        update_set_metadata(folder, fail_pending, lambda: new_set_metadata(
+            self.testbed.name, self._method_info(), self._set_info(composition, {})))
         summary.failed[_short_reason(reason)] += len(pending)
         summary.skipped += len(seeds) - len(pending)
         progress.update(len(seeds))
@@ -296,48 +300,19 @@ def _short_reason(reason: str) -> str:
     return text[:60]
 
 
-def selected_metrics(cfg: Any) -> dict[str, dict[str, Any]]:
-    """The metrics chosen with ``metric=[...]``, else the testbed's default ``metrics`` list."""
-    from omegaconf import OmegaConf
-
-    from harness.scoring import metric_config
-
-    chosen = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else {}
-    return chosen or {name: metric_config(name) for name in cfg.testbed.get("metrics") or []}
-
-
-def run(cfg: Any) -> RunSummary:
-    """Generate (and by default score) everything the config selects. Raises RunFailed if images failed."""
-    from omegaconf import OmegaConf
-    from tqdm import tqdm
-
-    testbed = load_testbed(OmegaConf.to_container(cfg.testbed, resolve=True))
-    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    name, label = method_cfg.pop("name"), method_cfg.pop("label", None)
-    method = METHODS.get(name)(**method_cfg)
-    sets = select_sets(testbed.sets(), cfg.n, cfg.sets, cfg.limit, cfg.shard, cfg.get("limit_per_n"))
-    seeds = list(cfg.seeds) if cfg.seeds is not None else testbed.seeds
-    output_dir = Path(cfg.output_dir)
-    runner = Runner(testbed, method, label or name, output_dir, cfg.device, cfg.dtype, cfg.batching, cfg.seed_mode,
-                    cfg.adapter_cache)
+def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings: RunSettings) -> RunSummary:
+    """Generate every set x seed the settings select; failures are recorded per image and counted."""
+    sets = select_sets(testbed.sets(), list(settings.n or []), list(settings.sets or []) or None, settings.limit,
+                       settings.shard, settings.limit_per_n)
+    seeds = list(settings.seeds) if settings.seeds is not None else testbed.seeds
+    write_testbed_info(settings.output_dir, testbed.analysis_info())
+    runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
+                    settings.batching, settings.seed_mode, settings.adapter_cache)
     summary = RunSummary()
     started = time.perf_counter()
-    with tqdm(total=len(sets) * len(seeds), desc=f"{label or name} on {testbed.name}", unit="img",
-              disable=not cfg.progress) as progress:
+    with tqdm(total=len(sets) * len(seeds), desc=f"{method_label} on {testbed.name}", unit="img",
+              disable=not settings.progress) as progress:
         for composition in sets:
             runner.run_set(composition, seeds, summary, progress)
-    print(f"run {label or name}: " + summary.line(time.perf_counter() - started, output_dir), flush=True)
-    if cfg.get("score", True):
-        from harness.scoring import score_results
-
-        metrics = selected_metrics(cfg)
-        if metrics:
-            score_results(output_dir, metrics, methods=[label or name], progress=cfg.progress)
-    if cfg.get("tables", True) and any(output_dir.glob("scores/*")):
-        from harness.tables import refresh_tables
-
-        refresh_tables(output_dir)
-    if summary.failed:
-        raise RunFailed(f"{sum(summary.failed.values())} image(s) failed: " + summary.line(0, output_dir)
-                        + ". Reasons are in each set's metadata.json under 'failed'; rerun to retry them.")
+    print(f"run {method_label}: " + summary.line(time.perf_counter() - started, settings.output_dir), flush=True)
     return summary

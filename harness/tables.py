@@ -2,13 +2,14 @@
 
 ``python -m harness table RESULTS_DIR`` rebuilds, from the stored rows alone::
 
-    scores.parquet, scores.csv   tidy: one row per image x metric x sub-metric (harness.metrics.base.SCORE_COLUMNS)
+    scores.parquet, scores.csv   tidy: one row per image x metric x sub-metric (harness.store.SCORE_COLUMNS)
     leaderboard.csv              one row per method x N (and N = "all"), a column group per metric
     leaderboard_long.csv         the same numbers, one row per method x N x metric column group
     leaderboard.meta.json        what defines the numbers: metric settings per column group, CI method
     coverage.csv                 per method x metric: generated, failed, scored, missing and why
     judge_wtl.csv                LLM-judge pairwise win/tie/loss per method pair x N x criterion
-    validity.csv                 toy testbed only (oracle rows present): harness.validity's agreement table
+
+(file names: ``harness.store``; ``validity.csv`` is ``harness.validity``'s.)
 
 Aggregation (documented in the README and in leaderboard.meta.json): the unit is the *set*. A set's
 value is the mean over its seeds that have a value; the leaderboard mean is the mean over sets, and the
@@ -18,7 +19,6 @@ than ok/fallback_full_image) never enter a mean; they are counted per status ins
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -29,21 +29,14 @@ import pandas as pd
 
 from harness import stats
 from harness.io import atomic_write, atomic_write_json
-from harness.metrics.base import SCORE_COLUMNS, STATUSES
-from harness.records import ImageRecord, iter_failures, iter_images
-from harness.scoring import load_scores
-from harness.validity import VALIDITY_FILE, write_validity
+from harness.store import (
+    COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PAIRWISE_MARKER,
+    SCORE_COLUMNS, SCORES_STEM, STATUSES, VALUE_STATUSES, ImageRecord, is_results_folder, iter_failures, iter_images,
+    load_scores, parse_pairwise_sub_metric,
+)
 
 JUDGE_METRIC = "llm_judge"
-ORACLE_METRIC = "oracle"
-ORACLE_SUB_METRIC = "all_present"
 ALL_N = "all"
-SCORES_STEM = "scores"
-LEADERBOARD_FILE = "leaderboard.csv"
-LEADERBOARD_LONG_FILE = "leaderboard_long.csv"
-LEADERBOARD_META_FILE = "leaderboard.meta.json"
-COVERAGE_FILE = "coverage.csv"
-JUDGE_FILE = "judge_wtl.csv"
 STAT_COLUMNS = ["mean", "ci_low", "ci_high", "n_scored", "n_missing"]
 
 
@@ -62,7 +55,7 @@ def typed_scores(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def tidy_table(results_dir: str | Path, current_keys: dict[str, str] | None = None) -> pd.DataFrame:
-    """One row per image x metric x sub-metric (harness.scoring.load_scores), stale rows dropped.
+    """One row per image x metric x sub-metric (harness.store.load_scores), stale rows dropped.
 
     A row is stale when its image was regenerated since (its ``image_key`` differs from the key now in
     metadata.json); ``current_keys`` maps image_id -> key and is read from the folder when not given.
@@ -86,7 +79,7 @@ def has_value(frame: pd.DataFrame) -> pd.Series:
 
 def is_pairwise_judge(frame: pd.DataFrame) -> pd.Series:
     """Judge pairwise rows (``composition_vs_<label>``...) belong in judge_wtl.csv, not the leaderboard."""
-    return frame["sub_metric"].str.contains("_vs_", regex=False).astype(bool)
+    return frame["sub_metric"].str.contains(PAIRWISE_MARKER, regex=False).astype(bool)
 
 
 def lora_ids(records: Iterable[ImageRecord]) -> frozenset[str]:
@@ -227,7 +220,7 @@ def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset())
 
 COVERAGE_COLUMNS = ["method_label", "metric", "metric_key", "images_generated", "generation_failures", "images_scored",
                     "images_missing", "images_not_scored", "rows_ok", "rows_missing",
-                    *[f"missing_{status}" for status in STATUSES if status not in ("ok", "fallback_full_image")],
+                    *[f"missing_{status}" for status in STATUSES if status not in VALUE_STATUSES],
                     "reasons"]
 
 
@@ -273,7 +266,7 @@ def coverage_table(tidy: pd.DataFrame, results_dir: str | Path | None = None) ->
                 "rows_missing": int(len(missing_rows)),
             }
             for status in STATUSES:
-                if status not in ("ok", "fallback_full_image"):
+                if status not in VALUE_STATUSES:
                     record[f"missing_{status}"] = int((missing_rows["status"] == status).sum())
             record["reasons"] = " | ".join(f"{text} (x{count})" for text, count in reasons.most_common(5))
             records.append(record)
@@ -294,9 +287,9 @@ def judge_pairs(tidy: pd.DataFrame) -> pd.DataFrame:
                "consistent"]
     if judge.empty:
         return pd.DataFrame(columns=columns)
-    parts = judge["sub_metric"].str.extract(r"^(?P<criterion>.+?)(?P<consistent>_consistent)?_vs_(?P<other>.+)$")
-    judge = judge.assign(criterion=parts["criterion"], is_consistency=parts["consistent"].notna(),
-                         other=parts["other"])
+    parts = [parse_pairwise_sub_metric(sub_metric) for sub_metric in judge["sub_metric"]]
+    judge = judge.assign(criterion=[p[0] for p in parts], is_consistency=[p[1] for p in parts],
+                         other=[p[2] for p in parts])
     keys = ["metric_key", "set_id", "n", "seed", "criterion"]
     scores = judge[~judge["is_consistency"]]
     a_side = scores.rename(columns={"method_label": "method_a", "other": "method_b", "value": "score_a"})
@@ -351,7 +344,7 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_tables(results_dir: str | Path) -> dict[str, Path]:
     """Rebuild every table of ``results_dir`` from its stored rows; returns name -> path written."""
     results_dir = Path(results_dir)
-    if not ((results_dir / "images").is_dir() or (results_dir / "scores").is_dir()):
+    if not is_results_folder(results_dir):
         raise FileNotFoundError(
             f"{results_dir} is not a results folder (no images/ or scores/ in it): pass the folder a run "
             f"wrote, e.g. `python -m harness table results/toy`.")
@@ -374,34 +367,4 @@ def write_tables(results_dir: str | Path) -> dict[str, Path]:
     atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy, ids))
     write_csv(coverage_table(tidy, results_dir), paths["coverage"])
     write_csv(judge_win_tie_loss(tidy), paths["judge"])
-    if ((tidy["metric"] == ORACLE_METRIC) & (tidy["sub_metric"] == ORACLE_SUB_METRIC)).any():
-        paths["validity"] = write_validity(results_dir)  # toy testbed: agreement of each metric with the oracle
     return paths
-
-
-def refresh_tables(results_dir: str | Path) -> dict[str, Path]:
-    """Rebuild tables, pictures and the HTML report: what ``run`` and ``score`` call when they finish."""
-    from harness.pictures import write_pictures
-    from harness.report import write_report
-
-    paths = write_tables(results_dir)
-    paths.update(write_pictures(results_dir))
-    paths["report"] = write_report(results_dir)
-    return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m harness table",
-        description="Rebuild the tidy score table, leaderboard, coverage and judge tables of a results "
-                    "folder from its stored rows (and, unless --tables-only, its pictures and report).")
-    parser.add_argument("results_dir", type=Path, help="results folder, e.g. results/toy")
-    parser.add_argument("--tables-only", action="store_true", help="skip pictures and the HTML report")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_tables(args.results_dir) if args.tables_only else refresh_tables(args.results_dir)
-    except FileNotFoundError as error:
-        parser.exit(2, f"error: {error}\n")
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    return 0

@@ -15,19 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.lora import LoraSpec
+from harness.paths import resolve_path
 from harness.prompts import contains_phrase, join_phrases, tidy_prompt
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def resolve_path(path: str | Path | None) -> Path | None:
-    """Relative paths are taken from the current folder if they exist there, else from the project root."""
-    if path is None:
-        return None
-    path = Path(str(path)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    return PROJECT_ROOT / path
 
 
 class TestbedError(ValueError):
@@ -60,6 +49,12 @@ class Testbed:
     sampling: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     metrics: list[str] = field(default_factory=list)
+    ground_truth: str | None = None  # "<metric>/<sub_metric>" that is the truth here (the toy oracle), if any
+    primary_columns: list[str] = field(default_factory=list)  # leaderboard columns a reader looks at first
+
+    def analysis_info(self) -> dict[str, Any]:
+        """What the tables and report need to know about this testbed (stored in the results folder)."""
+        return {"name": self.name, "ground_truth": self.ground_truth, "primary_columns": list(self.primary_columns)}
 
     # -- sets ------------------------------------------------------------------------------------------
 
@@ -135,17 +130,13 @@ def _loras_from_manifest(manifest: dict[str, list[dict[str, Any]]], lora_dir: Pa
 def load_testbed(config: dict[str, Any]) -> Testbed:
     """Build a Testbed from its config (a plain dict, e.g. ``OmegaConf.to_container(cfg.testbed)``)."""
     config = dict(config)
-    if config.get("build") == "tiny":
-        from harness.tiny import build_tiny_testbed
-
-        manifest_path = resolve_path(config["manifest"])
-        if not manifest_path.exists():
-            build_tiny_testbed(manifest_path.parent)
     lora_dir, reference_dir = resolve_path(config.get("lora_dir")), resolve_path(config.get("reference_dir"))
     if config.get("manifest"):
         manifest_path = resolve_path(config["manifest"])
         if not manifest_path.exists():
-            raise TestbedError(f"testbed {config.get('name')!r}: manifest {manifest_path} not found. Fix: set "
+            hint = (" It is built on first use by `python -m harness run testbed=tiny`." if config.get("build") == "tiny"
+                    else "")
+            raise TestbedError(f"testbed {config.get('name')!r}: manifest {manifest_path} not found.{hint} Fix: set "
                                "`manifest` to a ComposLoRA-format *_lora_info.json, or list `loras` inline.")
         manifest = json.loads(manifest_path.read_text())
     elif config.get("loras"):
@@ -166,4 +157,5 @@ def load_testbed(config: dict[str, Any]) -> Testbed:
         negative_prompt=config.get("negative_prompt") or "", explicit_sets=config.get("sets"),
         model=dict(config.get("model") or {}), sampling=dict(config.get("sampling") or {}),
         seeds=list(config.get("seeds") or [0]), metrics=list(config.get("metrics") or []),
+        ground_truth=config.get("ground_truth"), primary_columns=list(config.get("primary_columns") or []),
     )

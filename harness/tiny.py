@@ -1,6 +1,6 @@
 """Tiny Stable Diffusion pipelines and LoRA files with random weights, built on the fly.
 
-They replace weights, never code paths: the folder loads through ``harness.models.load_pipeline`` exactly
+They replace weights, never code paths: the folder loads through ``harness.pipelines.load_pipeline`` exactly
 like SD1.5, and the LoRA files are ordinary diffusers / peft / kohya safetensors. Used by the tests and by
 the ``tiny`` testbed (the embedded default until a trained testbed exists).
 """

@@ -171,7 +171,7 @@ def fit_lora(
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    from harness.models import load_pipeline, model_identity
+    from harness.pipelines import load_pipeline, model_identity
 
     alpha = float(rank if alpha is None else alpha)
     unet_targets = list(unet_target_modules or DEFAULT_UNET_TARGETS)
@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.models import ModelLoadError
+    from harness.pipelines import ModelLoadError
 
     args = build_parser().parse_args(argv)
     if args.threads:

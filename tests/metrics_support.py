@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 import harness  # noqa: F401
+from harness.store import image_filename, new_set_metadata, set_folder, write_set_metadata
 
 CHARACTER_A = {"id": "character_1", "name": "A", "category": "character", "trigger": ["zorblat"], "path": "x",
                "sha256": "0", "scale": 0.8, "references": None}
@@ -21,16 +22,16 @@ def write_results(root: Path, images: dict[tuple[str, str], list[np.ndarray]], l
                   prompt: str = "a picture, zorblat, tanghoop", extra: dict[str, Any] | None = None) -> Path:
     """A results folder: images[(method_label, set_id)] = [uint8 HxWx3 per seed]; loras[set_id] = lora list."""
     for (label, set_id), arrays in images.items():
-        folder = root / "images" / label / set_id
+        folder = set_folder(root, label, set_id)
         folder.mkdir(parents=True, exist_ok=True)
         records = {}
         for seed, array in enumerate(arrays):
-            Image.fromarray(array).save(folder / f"seed{seed}.png")
-            records[str(seed)] = {"file": f"seed{seed}.png", "key": f"{label}-{set_id}-{seed}", "prompt": prompt,
+            Image.fromarray(array).save(folder / image_filename(seed))
+            records[str(seed)] = {"file": image_filename(seed), "key": f"{label}-{set_id}-{seed}", "prompt": prompt,
                                   "negative_prompt": "", **(extra or {})}
-        meta = {"testbed": "fake", "method": {"name": label, "label": label, "key": f"k-{label}", "settings": {}},
-                "set": {"id": set_id, "n": len(loras[set_id]), "loras": loras[set_id]}, "images": records, "failed": {}}
-        (folder / "metadata.json").write_text(json.dumps(meta))
+        meta = new_set_metadata("fake", {"name": label, "label": label, "key": f"k-{label}", "settings": {}},
+                                {"id": set_id, "n": len(loras[set_id]), "loras": loras[set_id]})
+        write_set_metadata(folder, {**meta, "images": records})
     return root
 
 
@@ -43,7 +44,7 @@ def save_random_clip(folder: Path) -> dict[str, str]:
     import open_clip
     import torch
 
-    from harness.toy.metric_models import TOY_CLIP_NAME, write_toy_clip_config
+    from harness.toy.metric_weights import TOY_CLIP_NAME, write_toy_clip_config
 
     config = write_toy_clip_config(folder)
     open_clip.add_model_config(config)

@@ -1,6 +1,6 @@
 """A small fake results folder (images + metadata.json + score JSONL) for table, compare and report tests.
 
-Layout and formats follow harness/records.py and harness/metrics/base.py exactly, so the tests exercise
+Layout and formats come from harness/store.py (every path and writer), so the tests exercise
 the same reader the real runner output goes through. Values are drawn from a seeded generator with a
 known ordering of the methods (switch > composite > merge on ``clip_t``), so tests can check directions
 without hard-coding numbers.
@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.io import atomic_write_json, stable_hash
-from harness.metrics.base import ScoreRow
-from harness.records import image_filename, image_id
+from harness.io import stable_hash
+from harness.store import (
+    ScoreRow, append_rows, image_filename, image_id, new_set_metadata, pairwise_sub_metric, set_folder,
+    write_set_metadata, write_testbed_info,
+)
 
 TESTBED = "toy"
 METHOD_MEANS = {"merge": 0.20, "composite": 0.24, "switch": 0.28}
@@ -59,11 +61,7 @@ def _row(label: str, set_id: str, n: int, seed: int, metric: str, settings: dict
 
 
 def _append_rows(results_dir: Path, rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        path = results_dir / "scores" / row["metric"] / row["metric_key"] / f"{row['method_label']}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+    append_rows(results_dir, [ScoreRow(**row) for row in rows])
 
 
 def make_results_folder(results_dir: Path, clip_settings: dict[str, dict[str, Any]] | None = None,
@@ -71,18 +69,16 @@ def make_results_folder(results_dir: Path, clip_settings: dict[str, dict[str, An
     """Write the fake folder; ``clip_settings`` may give a method other clip_t settings (another key)."""
     rng = np.random.default_rng(rng_seed)
     clip_settings = clip_settings or {}
+    write_testbed_info(results_dir, {"name": TESTBED, "ground_truth": "oracle/all_present",
+                                     "primary_columns": ["oracle/all_present", "clip_t"]})
     rows: list[dict[str, Any]] = []
     for label, mean in METHOD_MEANS.items():
         clip = clip_settings.get(label, {"model": "toy-clip", "text": "prompt"})
         for set_id, n in SETS:
-            folder = results_dir / "images" / label / set_id
+            folder = set_folder(results_dir, label, set_id)
             folder.mkdir(parents=True, exist_ok=True)
-            meta: dict[str, Any] = {
-                "testbed": TESTBED,
-                "method": {"name": label, "label": label, "key": stable_hash(label, 12), "settings": {}},
-                "set": {"id": set_id, "n": n, "loras": _loras(set_id, n)},
-                "images": {}, "failed": {},
-            }
+            meta = new_set_metadata(TESTBED, {"name": label, "label": label, "key": stable_hash(label, 12),
+                                              "settings": {}}, {"id": set_id, "n": n, "loras": _loras(set_id, n)})
             for seed in SEEDS:
                 if (label, set_id, seed) == FAILED:
                     meta["failed"][str(seed)] = {"reason": "RuntimeError: out of memory", "time": 0.0}
@@ -108,7 +104,7 @@ def make_results_folder(results_dir: Path, clip_settings: dict[str, dict[str, An
                 for sub in POINTWISE:
                     rows.append(_row(label, set_id, n, seed, "llm_judge", {"model": "fake"}, sub,
                                      float(np.clip(round(mean * 30 + rng.normal(0, 1), 1), 0, 10))))
-            atomic_write_json(folder / "metadata.json", meta)
+            write_set_metadata(folder, meta)
     # Pairwise judge rows between merge and switch; switch usually wins composition.
     a, b = JUDGE_PAIR
     for set_id, n in SETS:
@@ -116,10 +112,12 @@ def make_results_folder(results_dir: Path, clip_settings: dict[str, dict[str, An
             for criterion in ("composition", "quality"):
                 score_a = float(np.round(rng.uniform(4, 8) * 2) / 2)
                 score_b = score_a + (1.0 if criterion == "composition" or seed == 0 else 0.0)
-                rows.append(_row(a, set_id, n, seed, "llm_judge", {"model": "fake"}, f"{criterion}_vs_{b}", score_a))
-                rows.append(_row(b, set_id, n, seed, "llm_judge", {"model": "fake"}, f"{criterion}_vs_{a}", score_b))
+                rows.append(_row(a, set_id, n, seed, "llm_judge", {"model": "fake"}, pairwise_sub_metric(criterion, b),
+                                 score_a))
+                rows.append(_row(b, set_id, n, seed, "llm_judge", {"model": "fake"}, pairwise_sub_metric(criterion, a),
+                                 score_b))
                 rows.append(_row(a, set_id, n, seed, "llm_judge", {"model": "fake"},
-                                 f"{criterion}_consistent_vs_{b}", float(seed == 0)))
+                                 pairwise_sub_metric(criterion, b, consistency=True), float(seed == 0)))
     # An earlier, superseded row for one image: the tidy table must keep only the last one written.
     first = next(r for r in rows if r["metric"] == "clip_t" and r["value"] is not None)
     _append_rows(results_dir, [{**first, "value": 999.0}])

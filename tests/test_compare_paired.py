@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import harness  # noqa: F401
-from harness import compare, tables
+from harness import compare, store, tables
 from results_fixture import SETS, make_results_folder, results_dir  # noqa: F401
 
 
@@ -80,7 +80,7 @@ def test_sources_from_different_runs(results_dir: Path, tmp_path: Path) -> None:
     other = make_results_folder(tmp_path / "rerun", rng_seed=1)
     tables.write_tables(other)
     out = tmp_path / "cmp.csv"
-    code = compare.main([f"{results_dir / tables.LEADERBOARD_FILE}#switch", f"{other / 'scores.parquet'}#switch",
+    code = compare.main([f"{results_dir / store.LEADERBOARD_FILE}#switch", f"{other / 'scores.parquet'}#switch",
                          "--out", str(out)])
     assert code == 0
     table = pd.read_csv(out, dtype={"n": str}).set_index(["column", "n"])

@@ -8,7 +8,7 @@ import torch
 from harness.lora import AdapterCache, LoraError, LoraSpec, load_adapter
 from harness.methods import METHODS, ImageContext
 from harness.methods import builtin
-from harness.models import load_pipeline
+from harness.pipelines import load_pipeline
 from harness.sampler import Sampler, SamplingSettings
 from harness.tiny import write_random_lora
 

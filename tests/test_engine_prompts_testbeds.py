@@ -1,7 +1,8 @@
 """Trigger removal, prompt assembly and ComposLoRA set generation."""
 
 from harness.prompts import remove_phrases, tidy_prompt
-from harness.testbeds import PROJECT_ROOT, load_testbed
+from harness.paths import CONF_DIR
+from harness.testbeds import load_testbed
 from omegaconf import OmegaConf
 
 
@@ -13,7 +14,7 @@ def test_remove_phrases_whole_words_case_insensitive_and_tidy():
 
 
 def _composlora(style):
-    config = OmegaConf.load(PROJECT_ROOT / "conf" / "testbed" / f"composlora_{style}.yaml")
+    config = OmegaConf.load(CONF_DIR / "testbed" / f"composlora_{style}.yaml")
     return load_testbed(OmegaConf.to_container(config, resolve=True))
 
 

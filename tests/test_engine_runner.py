@@ -11,7 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from harness.io import read_json
-from harness.records import iter_failures, iter_images
+from harness.store import iter_failures, iter_images
 from harness.runner import RunSummary, image_seed, select_sets
 from tests.engine_support import make_runner, tiny_testbed
 
@@ -131,7 +131,7 @@ def test_trigger_missing_from_prompt_is_a_recorded_failure(tiny_testbed_dir, tmp
 
 
 def test_missing_base_model_error_names_path_and_fix(tmp_path):
-    from harness.models import ModelLoadError, load_pipeline
+    from harness.pipelines import ModelLoadError, load_pipeline
 
     with pytest.raises(ModelLoadError, match=r"nowhere.*Fix: point `model.base`"):
         load_pipeline(tmp_path / "nowhere", device="cpu")

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.io import atomic_write_json
 from harness.judge.rubrics import POINTWISE, POINTWISE_CRITERIA
 from harness.metrics.base import METRICS
 from harness.metrics.llm_judge import LLMJudge, estimate
-from harness.records import iter_images
+from harness.store import image_filename, iter_images, new_set_metadata, set_folder, write_set_metadata
 from judge_server import JudgeServer, chat_reply, error_reply, mean_rgb, request_images
 
 NO_KEY_ENV = "HARNESS_JUDGE_TEST_KEY"
@@ -30,18 +29,18 @@ def write_results(root: Path, methods: dict[str, tuple[int, int, int]], seeds=(0
     """A results folder in the runner's layout: one solid-colour 8x8 PNG per method x seed (set 'hero+hat')."""
     set_id = "hero+hat"
     for label, colour in methods.items():
-        folder = root / "images" / label / set_id
+        folder = set_folder(root, label, set_id)
         folder.mkdir(parents=True, exist_ok=True)
         records = {}
         for seed in seeds:
             if (label, seed) in missing:
                 continue
-            Image.new("RGB", (8, 8), (colour[0], colour[1], colour[2] + seed)).save(folder / f"seed{seed}.png")
-            records[str(seed)] = {"file": f"seed{seed}.png", "key": f"{label}-{seed}", "prompt": "a hero, top hat",
+            Image.new("RGB", (8, 8), (colour[0], colour[1], colour[2] + seed)).save(folder / image_filename(seed))
+            records[str(seed)] = {"file": image_filename(seed), "key": f"{label}-{seed}", "prompt": "a hero, top hat",
                                   "negative_prompt": ""}
-        atomic_write_json(folder / "metadata.json", {
-            "testbed": "unit", "method": {"name": label, "label": label, "key": f"key-{label}", "settings": {}},
-            "set": {"id": set_id, "n": len(LORAS), "loras": LORAS}, "images": records, "failed": {}})
+        meta = new_set_metadata("unit", {"name": label, "label": label, "key": f"key-{label}", "settings": {}},
+                                {"id": set_id, "n": len(LORAS), "loras": LORAS})
+        write_set_metadata(folder, {**meta, "images": records})
     return root
 
 
@@ -358,7 +357,8 @@ def test_hydra_config_builds_the_metric():
 
 
 def test_scoring_driver_stores_judge_rows_and_resumes_without_calls(tmp_path):
-    from harness.scoring import load_scores, score_results
+    from harness.scoring import score_results
+    from harness.store import load_scores
 
     root = write_results(tmp_path, COLOURS)
     with JudgeServer(colour_judge()) as server:

@@ -13,9 +13,10 @@ from PIL import Image
 from harness.metrics.arcface import ArcFace, assign_faces
 from harness.metrics.image_ref import ImageRef
 from harness.metrics.regions import REGIONS
-from harness.records import iter_images
-from harness.scoring import load_scores, score_results
-from harness.toy.metric_models import export_face_onnx, save_toy_dinov2
+from harness.store import iter_images
+from harness.scoring import score_results
+from harness.store import load_scores
+from harness.toy.metric_weights import export_face_onnx, save_toy_dinov2
 
 BOX = [0, 0, 32, 32]
 
@@ -127,7 +128,7 @@ def test_arcface_missing_pack_is_unavailable_without_download(tmp_path: Path, mo
     assert str(tmp_path / "no_dino") in frame[frame["metric"] == "image_ref"]["reason"].iloc[0]
     # a pack with a recognition model but no detector: insightface's bare assertion becomes a clear reason
     metric = ArcFace(root=models["insightface_root"], pack="toy_face", detector="insightface")
-    from harness.metrics.models import ModelUnavailable
+    from harness.metrics.backbones import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="detection model"):
         metric.load()
@@ -196,7 +197,7 @@ def test_region_extractors(tmp_path: Path) -> None:
 
 
 def test_mask_region_with_clipseg(tmp_path: Path) -> None:
-    from harness.toy.metric_models import save_tiny_clipseg
+    from harness.toy.metric_weights import save_tiny_clipseg
 
     clipseg = str(save_tiny_clipseg(tmp_path / "clipseg"))
     image = Image.fromarray(random_image(13))

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from metrics_support import CHARACTER_A, OBJECT_B, random_image, save_random_clip, write_results
 
-from harness.metrics.base import METRICS, SCORE_COLUMNS, Metric
-from harness.metrics.models import ModelUnavailable
-from harness.scoring import load_scores, main, read_jsonl, score_results, scores_path
+from harness.cli import score_main as main
+from harness.metrics.backbones import ModelUnavailable
+from harness.metrics.base import METRICS, Metric
+from harness.scoring import score_results
+from harness.store import SCORE_COLUMNS, load_scores, read_jsonl, scores_path
 
 
 @METRICS.register("test_mean_pixel")
@@ -153,7 +155,7 @@ def test_clip_text_identical_pairs_score_higher_than_shuffled(clip_settings: dic
     from PIL import Image
 
     from harness.metrics.clip_text import ClipText, aggregate
-    from harness.metrics.models import clip_image_embeddings
+    from harness.metrics.backbones import clip_image_embeddings
 
     metric = ClipText(**clip_settings)
     metric.load()
@@ -182,18 +184,14 @@ def test_cli_scores_with_overrides(results: Path, clip_settings: dict) -> None:
     assert settings["pretrained"] == clip_settings["pretrained"] and settings["scale"] == 100.0
 
 
-def test_score_from_config(results: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from harness.scoring import score_from_config
-
-    cfg = OmegaConf.create({"output_dir": str(results), "metrics": {"test_mean_pixel": {"name": "test_mean_pixel"}},
-                            "methods": ["switch"]})
-    assert score_from_config(cfg) == 0
+def test_score_hydra_app(results: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([f"output_dir={results}", "+metrics.test_mean_pixel.name=test_mean_pixel", "+methods=[switch]",
+                 "progress=false"]) == 0
     frame = load_scores(results)
     assert set(frame["method_label"]) == {"switch"} and len(frame) == 3
-    with pytest.raises(ValueError, match="metric="):
-        score_from_config(OmegaConf.create({"output_dir": str(results), "metrics": {}}))
+    with pytest.raises(SystemExit) as exit_info:  # the tiny testbed names no default metric
+        main([f"output_dir={results}"])
+    assert exit_info.value.code == 2 and "metric=" in capsys.readouterr().err
 
 
 def test_not_a_results_folder(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import harness  # noqa: F401
-from harness import pictures, report, tables
+from harness import pictures, report, store, tables
+from harness.workflow import rebuild_outputs
 from results_fixture import FAILED, METHOD_MEANS, SEEDS, SETS, results_dir  # noqa: F401
 
 CHROMIUM_TIMEOUT_S = 90
@@ -21,12 +22,12 @@ CHROMIUM_TIMEOUT_S = 90
 
 @pytest.fixture(scope="module")
 def refreshed(results_dir: Path) -> dict[str, Path]:
-    return tables.refresh_tables(results_dir)
+    return rebuild_outputs(results_dir)
 
 
 def test_set_grid_has_a_row_per_method_and_marks_failures(results_dir: Path, refreshed: dict[str, Path]) -> None:
     set_id = FAILED[1]
-    grid = Image.open(results_dir / pictures.PICTURES_DIR / "grids" / f"{set_id}.png").convert("RGB")
+    grid = Image.open(results_dir / store.PICTURES_DIR / "grids" / f"{set_id}.png").convert("RGB")
     label_width = pictures.label_width(sorted(METHOD_MEANS))
     assert grid.width == label_width + pictures.GRID_CELL * len(SEEDS)
     assert grid.height == 2 * pictures.HEADER_HEIGHT + pictures.GRID_CELL * len(METHOD_MEANS)
@@ -38,9 +39,9 @@ def test_set_grid_has_a_row_per_method_and_marks_failures(results_dir: Path, ref
 
 
 def test_contact_sheets_and_plots_exist(results_dir: Path, refreshed: dict[str, Path]) -> None:
-    out = results_dir / pictures.PICTURES_DIR
+    out = results_dir / store.PICTURES_DIR
     assert sorted(p.name for p in out.glob("contact_n*.png")) == sorted({f"contact_n{n}.png" for _, n in SETS})
-    long = pd.read_csv(results_dir / tables.LEADERBOARD_LONG_FILE)
+    long = pd.read_csv(results_dir / store.LEADERBOARD_LONG_FILE)
     for column in set(long["column"]):
         assert (out / "plots" / f"metric_{pictures.slug(column)}.png").exists(), column
     assert (out / "plots" / "judge_win_rates.png").exists()
@@ -49,17 +50,17 @@ def test_contact_sheets_and_plots_exist(results_dir: Path, refreshed: dict[str, 
 
 
 def test_stale_pictures_are_removed(results_dir: Path, refreshed: dict[str, Path]) -> None:
-    stale = results_dir / pictures.PICTURES_DIR / "grids" / "gone_set.png"
+    stale = results_dir / store.PICTURES_DIR / "grids" / "gone_set.png"
     Image.new("RGB", (4, 4)).save(stale)
-    pictures.write_pictures(results_dir)
+    rebuild_outputs(results_dir)
     assert not stale.exists()
 
 
 def test_report_links_resolve(results_dir: Path, refreshed: dict[str, Path]) -> None:
     page = refreshed["report"].read_text(encoding="utf-8")
     targets = re.findall(r"(?:src|href)='([^']+)'", page)
-    assert any(t.endswith(".png") for t in targets) and tables.LEADERBOARD_FILE in targets
-    assert tables.VALIDITY_FILE in targets and "spearman_rho" in page  # the fixture has oracle rows
+    assert any(t.endswith(".png") for t in targets) and store.LEADERBOARD_FILE in targets
+    assert store.VALIDITY_FILE in targets and "spearman_rho" in page  # the fixture has oracle rows
     for target in targets:
         assert (results_dir / target).exists(), target
     for column in ("clip_t", "llm_judge/overall", "oracle/all_present"):
@@ -91,7 +92,7 @@ def test_report_renders_in_headless_chromium(results_dir: Path, refreshed: dict[
                       r'[^>]*data-images-loaded="(\d+)"', dom)
     assert check, "the page's load script did not run (no #render-check in the DOM)"
     n_tables, n_images, n_loaded = map(int, check.groups())
-    long = pd.read_csv(results_dir / tables.LEADERBOARD_LONG_FILE)
+    long = pd.read_csv(results_dir / store.LEADERBOARD_LONG_FILE)
     assert n_tables >= long["column"].nunique() + 2  # a table per leaderboard column, judge, coverage
     assert n_images > 0 and n_loaded == n_images
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import harness  # noqa: F401  (first: makes torchvision importable)
-from harness import tables
+from harness import store, tables
+from harness.cli import table_main
 from harness.report import write_report
-from harness.metrics.base import SCORE_COLUMNS
+from harness.store import SCORE_COLUMNS
 from results_fixture import (  # noqa: F401  (results_dir is a fixture)
     ERROR_ROW, FAILED, METHOD_MEANS, NOT_SCORED, SEEDS, SETS, make_results_folder, results_dir,
 )
@@ -142,10 +143,10 @@ def test_judge_win_tie_loss_per_n(built: dict[str, Path]) -> None:
 
 def test_table_cli_rebuilds_and_reports_bad_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = make_results_folder(tmp_path / "toy")
-    assert tables.main([str(folder), "--tables-only"]) == 0
-    assert (folder / tables.LEADERBOARD_FILE).exists()
+    assert table_main([str(folder), "--tables-only"]) == 0
+    assert (folder / store.LEADERBOARD_FILE).exists()
     with pytest.raises(SystemExit) as exit_info:
-        tables.main([str(tmp_path / "nope")])
+        table_main([str(tmp_path / "nope")])
     assert exit_info.value.code == 2
     assert "not a results folder" in capsys.readouterr().err
 

@@ -112,8 +112,8 @@ def test_oracle_reads_patterns_at_any_phase(oracle, category):
 
 
 def test_oracle_metric_rows(tmp_path, oracle):
-    from harness.metrics.oracle import ToyOracleMetric
-    from harness.records import ImageRecord
+    from harness.toy.oracle_metric import ToyOracleMetric
+    from harness.store import ImageRecord
 
     rng = np.random.default_rng(5)
     spec = world.with_concept(world.concept_spec("character_1", rng), "object_1")

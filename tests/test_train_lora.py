@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import harness  # noqa: F401  (before diffusers)
-from harness.models import load_pipeline, model_identity
+from harness.pipelines import load_pipeline, model_identity
 from harness.tiny import build_tiny_pipeline
 from harness.train_lora import fit_lora, load_examples, main, train_lora
 from harness.training import TrainingInputError

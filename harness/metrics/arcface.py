@@ -24,21 +24,21 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from harness.paths import resolve_path
+from harness.metrics.backbones import load_face_analysis, load_face_recognizer
 from harness.metrics.base import METRICS, Metric, ScoreRow
 from harness.metrics.regions import known_boxes, square_box
-from harness.records import ImageRecord
+from harness.store import ImageRecord
 
 REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def reference_files(lora: dict[str, Any]) -> list[Path]:
     """Image files in the LoRA's ``references`` folder (empty when there is none)."""
-    from harness.metrics.models import local_path
-
     folder = lora.get("references")
-    if not folder or not local_path(folder).is_dir():
+    if not folder or not resolve_path(folder).is_dir():
         return []
-    return sorted(p for p in local_path(folder).iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
+    return sorted(p for p in resolve_path(folder).iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
 
 
 def assign_faces(similarity: np.ndarray) -> dict[int, tuple[int, float]]:
@@ -76,7 +76,6 @@ class ArcFace(Metric):
         self._references: dict[str, np.ndarray | None] = {}
 
     def load(self) -> None:
-        from harness.metrics.models import load_face_analysis, load_face_recognizer
 
         s = self.settings
         if s["detector"] == "insightface":

@@ -16,52 +16,11 @@ never 0.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator
 
 from harness.io import stable_hash
-from harness.records import ImageRecord
 from harness.registry import Registry
-
-# Why a value is missing or special. ``ok`` and ``fallback_full_image`` carry a value; the rest do not.
-STATUSES = (
-    "ok",
-    "fallback_full_image",
-    "no_face",
-    "unavailable",
-    "refused",
-    "parse_error",
-    "error",
-)
-
-
-@dataclass
-class ScoreRow:
-    """One tidy row: one image x metric x sub-metric."""
-
-    image_id: str
-    image_key: str
-    testbed: str
-    method: str
-    method_label: str
-    method_key: str
-    set_id: str
-    n: int
-    seed: int
-    metric: str
-    sub_metric: str
-    value: float | None
-    status: str
-    reason: str
-    metric_key: str
-    metric_version: str
-    metric_settings: str  # JSON of the settings that define the number
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-SCORE_COLUMNS = list(ScoreRow.__dataclass_fields__)
+from harness.store import STATUSES, ImageRecord, ScoreRow
 
 
 class Metric:

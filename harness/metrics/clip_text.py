@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, Sequence
 
+from harness.devices import resolve_device
+from harness.metrics.backbones import clip_image_embeddings, clip_text_embeddings, load_open_clip
 from harness.metrics.base import METRICS, Metric, ScoreRow
-from harness.records import ImageRecord
+from harness.store import ImageRecord
 
 TEXT_SOURCES = ("prompt", "triggers")
 MODES = ("per_image", "torchmetrics")
@@ -41,7 +43,6 @@ class ClipText(Metric):
         self._loaded: tuple[Any, Any, Any] | None = None
 
     def load(self) -> None:
-        from harness.metrics.models import load_open_clip, resolve_device
 
         self.device = resolve_device(self.device)
         s = self.settings
@@ -52,7 +53,6 @@ class ClipText(Metric):
 
     def cosines(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]:
         """Cosine between each PIL image and its text."""
-        from harness.metrics.models import clip_image_embeddings, clip_text_embeddings
 
         if self._loaded is None:
             self.load()
@@ -85,10 +85,3 @@ def aggregate(values: Sequence[float], settings: dict[str, Any]) -> float:
     if settings.get("mode") == "torchmetrics" and settings.get("clamp", True):
         mean = max(mean, 0.0)
     return mean
-
-
-def describe(settings: dict[str, Any]) -> str:
-    """One line to print with every table: the settings that make this CLIPScore this CLIPScore."""
-    clamp = "none" if not settings.get("clamp") else ("on the mean" if settings.get("mode") == "torchmetrics" else "per image")
-    return (f"CLIP text alignment: model {settings.get('model')} ({settings.get('pretrained')}), "
-            f"text = {settings.get('text')}, scale {settings.get('scale')}, clamp at 0 {clamp}")

@@ -22,10 +22,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from harness.devices import resolve_device
 from harness.metrics.arcface import reference_files
+from harness.metrics.backbones import clip_image_embeddings, dinov2_embeddings, load_dinov2, load_open_clip
 from harness.metrics.base import METRICS, Metric, ScoreRow
 from harness.metrics.regions import REGIONS, Region
-from harness.records import ImageRecord
+from harness.store import ImageRecord
 
 DEFAULT_REGIONS = {"character": "face", "clothing": "mask", "object": "mask", "background": "background",
                    "style": "full"}
@@ -57,7 +59,6 @@ class ImageRef(Metric):
         self._references: dict[str, dict[str, np.ndarray] | None] = {}
 
     def load(self) -> None:
-        from harness.metrics.models import load_dinov2, load_open_clip, resolve_device
 
         self.device = resolve_device(self.device)
         clip = self.settings["clip"]
@@ -69,7 +70,6 @@ class ImageRef(Metric):
 
     def embed(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """{"clip": (N, D), "dino": (N, D')} normed embeddings of PIL images."""
-        from harness.metrics.models import clip_image_embeddings, dinov2_embeddings
 
         if self._clip is None and self._dino is None:
             self.load()

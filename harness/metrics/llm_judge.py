@@ -4,8 +4,8 @@ Rubrics (``harness.judge.rubrics``):
 
 - ``pairwise`` (Zhong et al.): images of methods A and B for the same set and seed, judged in BOTH orders
   (A first, then B first). Rows, for each scale c in {composition, quality}:
-  image A ``f"{c}_vs_{B}"`` = A's score averaged over the two orders, image B ``f"{c}_vs_{A}"`` likewise,
-  and image A ``f"{c}_consistent_vs_{B}"`` = 1.0 if the same image wins (or ties) in both orders, else 0.0.
+  image A ``<c>_vs_<B>`` = A's score averaged over the two orders, image B ``<c>_vs_<A>`` likewise,
+  and image A ``<c>_consistent_vs_<B>`` = 1.0 if the same image wins (or ties) in both orders, else 0.0.
   Pairs come from ``pairs`` ([[A, B], ...] method labels) or ``baseline`` (every other method vs it).
 - ``pointwise``: one image, rows ``element_integration``, ``spatial_consistency``, ``semantic_accuracy``,
   ``aesthetic_quality`` and ``overall`` (their mean).
@@ -34,7 +34,7 @@ from harness.judge.client import JudgeCall, JudgeClient, missing_key_reason
 from harness.judge.rubrics import PAIRWISE_SCALES, POINTWISE_CRITERIA, RUBRICS
 from harness.judge.settings import OPERATIONAL, JudgeSettings, plain
 from harness.metrics.base import METRICS, Metric, ScoreRow
-from harness.records import ImageRecord, iter_images
+from harness.store import ImageRecord, iter_images, pairwise_sub_metric, results_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class LLMJudge(Metric):
         # A partner may be on disk without being passed in (e.g. the scorer resumes with only a new method's
         # images); it is looked up in the same results folder.
         on_disk = {(image.method_label, image.set_id, image.seed): image
-                   for folder in {results_dir_of(image) for image in images} if folder is not None
+                   for folder in {results_dir_of(image.path) for image in images} if folder is not None
                    for image in iter_images(folder)}
         available = {**on_disk, **given}
         units: list[Unit] = []
@@ -256,7 +256,7 @@ class LLMJudge(Metric):
     def cache_dir(self, images: list[ImageRecord]) -> Path:
         if self.config.cache_dir:
             return Path(self.config.cache_dir)
-        folder = results_dir_of(images[0])
+        folder = results_dir_of(images[0].path)
         if folder is None:
             raise ValueError(
                 f"llm_judge: cannot place the call cache: {images[0].path} is not inside a results folder "
@@ -270,7 +270,7 @@ class LLMJudge(Metric):
             reason = (f"no image of method '{unit.other_label}' for set {unit.image.set_id} seed {unit.image.seed} "
                       "(not generated, failed, or not in this results folder); the pairwise comparison needs both")
             for scale in PAIRWISE_SCALES:
-                yield self.row(unit.image, None, f"{scale}_vs_{unit.other_label}", "unavailable", reason)
+                yield self.row(unit.image, None, pairwise_sub_metric(scale, unit.other_label), "unavailable", reason)
             return
         if isinstance(unit, PointUnit):
             yield from self._pointwise_rows(unit.image, results[unit.call])
@@ -283,8 +283,8 @@ class LLMJudge(Metric):
                                                         (f"{b.method_label} first", backward))
                   if result["status"] != "ok"]
         for scale in PAIRWISE_SCALES:
-            names = (f"{scale}_vs_{b.method_label}", f"{scale}_vs_{a.method_label}",
-                     f"{scale}_consistent_vs_{b.method_label}")
+            names = (pairwise_sub_metric(scale, b.method_label), pairwise_sub_metric(scale, a.method_label),
+                     pairwise_sub_metric(scale, b.method_label, consistency=True))
             if failed:
                 status = failed[0][1]["status"]
                 reason = "; ".join(f"{order}: {result['status']}: {result['reason']}" for order, result in failed)
@@ -367,14 +367,6 @@ def format_estimate(report: dict[str, Any]) -> str:
     if report["missing_api_key"]:
         lines.append(f"warning: {report['missing_api_key']}")
     return "\n".join(lines)
-
-
-def results_dir_of(image: ImageRecord) -> Path | None:
-    """The results folder holding ``images/<method>/<set>/seed<N>.png``, or None if the path is elsewhere."""
-    parents = Path(image.path).parents
-    if len(parents) > 3 and parents[2].name == "images":
-        return parents[3]
-    return None
 
 
 def _sign(value: float) -> int:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from harness.records import ImageRecord
+from harness.store import ImageRecord
+from harness.metrics.backbones import load_clipseg, load_face_analysis
 from harness.registry import Registry
 
 FILL = (127, 127, 127)  # what replaces the non-mask part of a mask crop
@@ -95,7 +96,6 @@ class FaceBoxes(RegionExtractor):
     """Square crops around every face insightface detects (``insightface`` setting: root, pack, ...)."""
 
     def extract(self, image, record, lora):
-        from harness.metrics.models import load_face_analysis
 
         face_settings = dict(self.settings.get("insightface") or {})
         app = load_face_analysis(face_settings["root"], face_settings["pack"],
@@ -115,7 +115,6 @@ def clipseg_mask(image: Image.Image, prompt: str, path: str, threshold: float = 
     """Boolean (H, W) mask of ``prompt`` in ``image`` from CLIPSeg (probabilities > threshold)."""
     import torch
 
-    from harness.metrics.models import load_clipseg
 
     model, processor = load_clipseg(path, device)
     inputs = processor(text=[prompt], images=[image.convert("RGB")], padding=True, return_tensors="pt").to(device)

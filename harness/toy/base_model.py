@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.toy import world
+from harness.training.losses import denoising_loss
 
 SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 UNET_ATTENTION_RESOLUTIONS = "8x8 and 4x4 latents"
@@ -250,7 +251,6 @@ def train_unet(pool: Pool, vae: Any, tokenizer: Any, steps: int, batch_size: int
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from harness.training.losses import denoising_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

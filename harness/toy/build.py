@@ -294,9 +294,9 @@ def metrics_dir(out: Path) -> Path:
 
 
 def build_metrics(out: Path, budget: Budget) -> None:
-    """The toy CLIP, face pack and DINOv2 (``harness.toy.metric_models``): trained on the world's renders, so
+    """The toy CLIP, face pack and DINOv2 (``harness.toy.metric_weights``): trained on the world's renders, so
     they are rebuilt with it."""
-    from harness.toy.metric_models import build_metric_models
+    from harness.toy.metric_weights import build_metric_models
 
     target = metrics_dir(out)
     if (target / "manifest.json").exists():

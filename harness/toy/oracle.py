@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.io import atomic_write, atomic_write_json
 from harness.toy import world
+from harness.toy.base_model import to_model_range, vae_roundtrip, warmup_cosine_lr
 
 DEFAULT_DIR = Path("testbed/toy/oracle")
 HEADS = [(category, index) for category in world.CATEGORIES for index in (0, 1)]
@@ -104,7 +106,6 @@ def _targets(specs: Sequence[world.SceneSpec]) -> list[torch.Tensor]:
 
 def train_oracle(steps: int, seed: int, vae: Any = None, batch_size: int = 64, lr: float = 2e-3,
                  log: Callable[[str], None] = print) -> SlotNet:
-    from harness.toy.base_model import to_model_range, vae_roundtrip, warmup_cosine_lr
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -136,7 +137,6 @@ def train_oracle(steps: int, seed: int, vae: Any = None, batch_size: int = 64, l
 def save_oracles(models: list[SlotNet], folder: str | Path) -> None:
     from safetensors.torch import save_file
 
-    from harness.io import atomic_write, atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,6 @@ class Oracle:
     def probabilities(self, images: np.ndarray | Sequence[np.ndarray], member: int | None = None
                       ) -> list[np.ndarray]:
         """Per head, (N, classes) probabilities, averaged over members (or one member)."""
-        from harness.toy.base_model import to_model_range
 
         batch = to_model_range(_as_uint8_batch(images))
         chosen = self.members if member is None else [self.members[member]]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness.devices import resolve_device, resolve_dtype
 from harness.io import atomic_write_json, sha256_file, stable_hash
 
 SCHEDULERS = {
@@ -24,27 +25,11 @@ SCHEDULERS = {
     "pndm": ("PNDMScheduler", {}),
     "default": (None, {}),
 }
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 class ModelLoadError(RuntimeError):
     """A base model or VAE could not be loaded; the message names the path and the fix."""
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -14,12 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from harness.metrics.base import METRICS, Metric, ScoreRow
-from harness.records import ImageRecord
+import numpy as np
+from PIL import Image
+
+from harness.metrics.base import Metric
+from harness.store import ImageRecord, ScoreRow
+from harness.toy import world
+from harness.toy.oracle import Oracle
 
 
-@METRICS.register("oracle")
 class ToyOracleMetric(Metric):
+    """Registered as metric ``oracle`` through the ``harness.metrics`` entry-point group (pyproject.toml), the
+    way a third-party metric plugs in; the toy testbed names it as its ``ground_truth``."""
+
     version = "1"
     batch_size = 64
 
@@ -30,17 +37,10 @@ class ToyOracleMetric(Metric):
 
     def oracle(self) -> Any:
         if self._oracle is None:
-            from harness.toy.oracle import Oracle
-
             self._oracle = Oracle.load(Path(self.settings["oracle_dir"]))
         return self._oracle
 
     def score(self, images: Iterable[ImageRecord]) -> Iterator[ScoreRow]:
-        import numpy as np
-        from PIL import Image
-
-        from harness.toy import world
-
         images = list(images)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
@@ -56,8 +56,6 @@ class ToyOracleMetric(Metric):
                 yield from self._rows(image, predictions[index])
 
     def _rows(self, image: ImageRecord, slots: dict[str, Any]) -> Iterator[ScoreRow]:
-        from harness.toy import world
-
         present = []
         for lora in image.loras:
             category, lora_id = lora.get("category"), lora.get("id")
@@ -83,8 +81,3 @@ class ToyOracleMetric(Metric):
             yield self.row(image, float(slots[category].label == label), f"kept:{category}")
         if prompted:
             yield self.row(image, float(all(slots[c].label == label for c, label in prompted.items())), "all_kept")
-
-
-def describe(settings: dict[str, Any]) -> str:
-    return (f"toy oracle ({settings.get('oracle_dir')}): present:<category> = the LoRA's concept is drawn; "
-            "kept:<category> = a prompted generic slot is drawn as prompted; all_present / all_kept per image")

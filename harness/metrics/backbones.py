@@ -16,17 +16,19 @@ from typing import Any
 
 import harness  # noqa: F401  (torchvision compatibility before open_clip / transformers)
 
+from harness.paths import resolve_path
+
 logger = logging.getLogger(__name__)
 
 REAL_WEIGHTS_HINT = {
     "open_clip": "put an open_clip checkpoint there (e.g. OpenAI ViT-B-32: open_clip_pytorch_model.bin from "
                  "the hub repo timm/vit_base_patch32_clip_224.openai, with model: ViT-B-32-quickgelu), or build "
-                 "the toy CLIP with `python -m harness testbed toy`",
+                 "the toy CLIP with `python -m harness testbed build toy`",
     "insightface": "unpack an insightface model pack so that <root>/models/<pack>/*.onnx exists (e.g. buffalo_l.zip "
                    "from the insightface releases into <root>/models/buffalo_l/), or build the toy pack with "
-                   "`python -m harness testbed toy`",
+                   "`python -m harness testbed build toy`",
     "dinov2": "save a transformers Dinov2Model folder there (e.g. facebook/dinov2-base with save_pretrained), or "
-              "build the toy DINOv2 with `python -m harness testbed toy`",
+              "build the toy DINOv2 with `python -m harness testbed build toy`",
     "clipseg": "save a transformers CLIPSeg folder there (model + processor, e.g. CIDAS/clipseg-rd64-refined "
                "with save_pretrained)",
 }
@@ -40,25 +42,10 @@ class ModelUnavailable(RuntimeError):
         super().__init__(f"{what} not found at {path}: {hint}")
 
 
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def local_path(path: str | Path) -> Path:
-    """A relative path is taken from the current folder if it exists there, else from the project root."""
-    from harness.testbeds import resolve_path
-
-    return resolve_path(path)
-
-
 def _require(path: str | Path | None, what: str, kind: str) -> Path:
-    if path is None or str(path) == "" or not local_path(path).exists():
+    if path is None or str(path) == "" or not resolve_path(path).exists():
         raise ModelUnavailable(what, path, REAL_WEIGHTS_HINT[kind])
-    return local_path(path)
+    return resolve_path(path)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -108,7 +95,7 @@ def load_open_clip(model: str, pretrained: str, model_config: str | None = None,
 
 
 def insightface_pack_dir(root: str | Path, pack: str) -> Path:
-    return local_path(root) / "models" / pack
+    return resolve_path(root) / "models" / pack
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,6 +27,9 @@ import torch
 
 import harness  # noqa: F401  (torchvision compatibility before open_clip)
 from harness.io import atomic_write_json
+from harness.metrics.backbones import clip_image_embeddings, clip_text_embeddings, load_face_recognizer, load_open_clip
+from harness.toy import world
+from harness.toy.tokenizer import build_toy_tokenizer
 
 TOY_CLIP_NAME = "toy-clip"
 TOY_CLIP_CONFIG = {
@@ -47,7 +50,6 @@ Sampler = Callable[[np.random.Generator], tuple[np.ndarray, str, str]]  # -> (im
 
 def toy_world_sampler(concept_rate: float = 0.35, drop_slot: float = 0.2) -> Sampler:
     """A random render of the toy world with its caption; slots hold held-back concepts at ``concept_rate``."""
-    from harness.toy import world
 
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, str, str]:
         spec = world.sample_generic_spec(rng)
@@ -144,7 +146,6 @@ def face_crops(images: np.ndarray, box: list[int] = TOY_BOXES["character"]) -> t
 def train_toy_face(folder: str | Path, steps: int = 300, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                    sampler: Sampler | None = None, log: Callable[[str], None] = print) -> Path:
     """Train the identity network (cosine classifier over colour x shape) and export the insightface pack."""
-    from harness.toy import world
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
@@ -203,7 +204,6 @@ def train_toy_dinov2(folder: str | Path, steps: int = 600, batch_size: int = 64,
     """
     from transformers import Dinov2Model
 
-    from harness.toy import world
 
     folder = save_toy_dinov2(folder, seed)
     model = Dinov2Model.from_pretrained(folder)
@@ -264,8 +264,6 @@ def check_metric_models(out_dir: str | Path = "metrics/toy", samples: int = 64, 
     """
     from PIL import Image
 
-    from harness.metrics.models import clip_image_embeddings, clip_text_embeddings, load_face_recognizer, load_open_clip
-    from harness.toy import world
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -305,8 +303,6 @@ def save_tiny_clipseg(folder: str | Path, seed: int = 0) -> Path:
     """
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
 
-    from harness.toy import world
-    from harness.toy.tokenizer import build_toy_tokenizer
 
     torch.manual_seed(seed)
     folder = Path(folder)
