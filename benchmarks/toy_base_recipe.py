@@ -3,7 +3,7 @@
 Trains a short base model (UNet + text encoder, on the committed toy VAE) with the chosen loss options, then
 prints the oracle's per-slot accuracy on 64 images from generic captions (the measure of
 ``benchmarks/toy_quality.py``). Used to pick ``harness.toy.build.BASE_TRAINING``; each run takes ~8 min at
-800 steps of batch 64 on one thread. Example (the README's pilot table):
+800 steps of batch 64 on one thread. Example (docs/toy-world.md "Base model"):
 
     python benchmarks/toy_base_recipe.py --steps 800 --batch 64                       # plain
     python benchmarks/toy_base_recipe.py --steps 800 --batch 64 --snr-gamma 5 --ema   # Min-SNR + EMA

@@ -3,7 +3,7 @@
 Retrains the listed LoRAs with the build's recipe (``harness.toy.build.train_concept_lora``) but the chosen
 steps / learning rate / rank / loss options, into a scratch copy of the testbed (the committed LoRAs are not touched), then
 measures them with ``benchmarks/toy_quality.py`` (concept present, other slots kept). Each LoRA takes
-~0.1 s per step on one thread. Examples (the README's "weak LoRAs vs training" row):
+~0.1 s per step on one thread. Examples (docs/toy-world.md "LoRA recipe"):
 
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --steps 800
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --steps 1200
@@ -15,7 +15,7 @@ measures them with ``benchmarks/toy_quality.py`` (concept present, other slots k
     python benchmarks/toy_lora_recipe.py --loras clothing_2,style_2,object_2 --snr-gamma 0
     python benchmarks/toy_lora_recipe.py --loras object_2 --steps 800 --scale 1.0   # and another LoRA scale
 
-Trainer options (the README's "weak LoRAs vs trainer options" row, all with ``--scale 1.0``):
+Trainer options (docs/toy-world.md "Trainer options that did not help", all with ``--scale 1.0``):
 ``--te-lr 1e-2`` (text-encoder LoRA rate), ``--loraplus 16`` (LoRA+), ``--timesteps 300,1000`` (timestep range),
 ``--warmup 100`` (rate warm-up), ``--drop-slot 0`` / ``--drop-caption 0.1`` (captions), ``--preservation 96``
 (generic renders mixed in), ``--text-targets q_proj,k_proj,v_proj,out_proj,fc1,fc2,token_embedding`` (a LoRA on

@@ -2,7 +2,7 @@
 (``--heads 8 --tokens 77``: the model of before 2026-12-05).
 
 One step = text encoder + UNet forward, MSE loss, backward, AdamW, at the build's batch (32) on 16x16x4
-latents, the base phase's unit of work (README "Rebuild"). Prints the median over ``--steps`` timed steps
+latents, the base phase's unit of work (docs/toy-world.md "Build time"). Prints the median over ``--steps`` timed steps
 (after 3 untimed ones) for plain fp32 and, when asked, bf16 autocast and ``torch.compile`` (its first step,
 the compile, is printed apart). Used to check whether a cheaper step could bring the build under 30 min.
 """

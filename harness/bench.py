@@ -1,8 +1,8 @@
 """``python -m harness bench``: seconds per image per method, and batched vs sequential Composite at K=2..5.
 
 Prints figures; it asserts nothing (speed targets are checked by reading these numbers, not by tests).
-Defaults to the tiny random pipeline (CPU-sized); ``--base`` takes any SD1.5 folder (random weights are
-fine for speed), e.g. on a GPU with ``--device cuda --dtype float16``.
+Runs on the tiny random pipeline (CPU-sized; ``--folder`` keeps it between runs); ``--device cuda --dtype
+float16`` times it on a GPU.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def train_lora(
     noisy latents: classifier-free guidance amplifies only what the prompt changes (``uncond + g * (cond -
     uncond)``), so a LoRA that also draws its concept for the empty prompt (every training image shows it)
     has that part cancelled at sampling, more the higher the guidance; anchored, the concept must come from
-    the prompt, and guidance amplifies it (README "Measured quality"); the reported losses stay the denoising
+    the prompt, and guidance amplifies it (docs/toy-world.md "Measured quality"); the reported losses stay the denoising
     loss alone. ``on_step(step, loss)`` is called
     after every optimizer step. ``single_file_config`` is the diffusers config folder for a single-file base
     checkpoint (needed offline). Returns ``output_path``.

@@ -46,7 +46,7 @@ class JudgeSettings:
         if unknown:
             raise ValueError(
                 f"llm_judge: unknown setting(s) {unknown}. Known settings: {sorted(known)}; see "
-                "conf/metric/llm_judge.yaml and the README section 'LLM judge'."
+                "conf/metric/llm_judge.yaml and docs/llm-judge.md."
             )
         values = {key: plain(value) for key, value in settings.items()}
         result = cls(**values)

@@ -53,7 +53,7 @@ def render_pool(count: int, seed: int, unnamed_held_back: float = 0.0) -> Pool:
 
     Why: a real LoRA teaches a word for something its base model can already draw (SD1.5 has seen polka-dot
     gowns, never the word "polkagown"). A base that never saw a held-back combination cannot draw it even when
-    it is named in its own words (README "Measured quality", the `--named` row), so its LoRA has to teach the
+    it is named in its own words (docs/toy-world.md "Measured quality", the `--named` row), so its LoRA has to teach the
     UNet a new picture, not a word. Shown unnamed, the combination is drawable and still never named.
     The generic specs and the renders' random stream do not depend on the share (a separate generator picks
     the scenes), so a share of 0 gives the plain pool.

@@ -37,7 +37,7 @@ class Budget:
     vae_steps: int = 2000
     # 4200 UNet steps since 2026-12-05 (7000 before): the 2-head UNet with a 48-token context (base_model.UNET_HEADS,
     # PROMPT_TOKENS) learns faster per step and each step is ~20 % cheaper; at 4200 steps it meets the base target
-    # (0.929) and 10 of 11 of its LoRAs pass, as on the 7000-step 8-head base (README "Measured quality").
+    # (0.929) and 10 of 11 of its LoRAs pass, as on the 7000-step 8-head base (docs/toy-world.md "Measured quality").
     unet_steps: int = 4200
     unet_batch: int = 32
     oracle_steps: int = 3000
@@ -56,7 +56,7 @@ class Budget:
 # Not (yet) here: caption augmentation (base_model.augment_caption: phrase shuffling, repetition, a leading
 # offset). Each makes slots readable at other token positions, but at 4500 steps each left clothing pattern
 # (and with shuffling or repetition object shape) less learnt, and the LoRAs on such a base did not gain
-# beyond noise (README "Measured quality").
+# beyond noise (docs/toy-world.md "Measured quality").
 BASE_TRAINING = dict(snr_gamma=5.0, noise_offset=0.1, ema=True)
 # The base model's training scenes (base_model.render_pool): unnamed_held_back shows that share of them with a
 # held-back concept in one slot, never named in the caption.
@@ -160,18 +160,18 @@ LORA_RANK = 8
 LORA_LEARNING_RATE = 2e-3
 # Object LoRAs learn with a masked loss (train_lora's alpha_mask: weight 1 on the icon's box, 0.1 elsewhere):
 # the icon is ~12 % of the image, so the plain loss barely sees it (object_2 present 0.33 plain, 0.65-0.77
-# masked in five runs; README "Measured quality"). Clothing did not gain, and characters with no floor kept
+# masked in five runs; docs/toy-world.md "Measured quality"). Clothing did not gain, and characters with no floor kept
 # less of the other slots, so the other categories train unmasked.
 LORA_MASK_FLOOR = {"object": 0.1}
 # The LoRAs hold their empty-prompt prediction to the base model's (train_lora's uncond_anchor): every training
 # image shows the concept, so a plain LoRA also draws it for the empty prompt, and classifier-free guidance,
 # which amplifies only cond - uncond, cancels that part (a plain LoRA's concept shows less the higher the CFG:
 # clothing_2 0.94 / 0.79 / 0.65 / 0.48 at CFG 1 / 3 / 7.5 / 12). Anchored, the concept comes from the prompt
-# (README "Measured quality"). Each step runs the UNet on twice the batch, plus once without gradients.
+# (docs/toy-world.md "Measured quality"). Each step runs the UNet on twice the batch, plus once without gradients.
 LORA_UNCOND_ANCHOR = 1.0
 # Clothing LoRAs train 8x the budget's LoRA steps (3200 of 400): a clothing pattern is the finest detail of the
 # world (dots 4 px wide, 2 px apart), and at 400 steps the Polka gown LoRA drew its black dots run together into
-# bars or checks (present 0.583); at 3200 steps 0.896 with the same base (README "Measured quality").
+# bars or checks (present 0.583); at 3200 steps 0.896 with the same base (docs/toy-world.md "Measured quality").
 LORA_STEP_FACTOR = {"clothing": 8}
 BUILD_RECIPE = "build"  # train_concept_lora: "what the build does for this concept"
 
@@ -409,7 +409,7 @@ def _second_process(args: argparse.Namespace, out: Path, phases: list[str],
 def take_free_core(helper: subprocess.Popen | None, threads: int) -> Callable[[int], None]:
     """A per-step callback for the base model: once the second process has ended, train on ``threads``
     torch threads (in the full build the side phases end long before the base model, and 2 threads
-    make a UNet step ~1.2x faster: 0.39 -> 0.32 s, README "Rebuild")."""
+    make a UNet step ~1.2x faster: 0.39 -> 0.32 s, docs/toy-world.md "Build time")."""
     import torch
 
     def on_step(step: int) -> None:

@@ -36,7 +36,7 @@ CHARACTER_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 
                      "yellow": (235, 215, 40), "magenta": (205, 50, 205), "cyan": (40, 205, 215)}
 CHARACTER_SHAPES = ("circle", "square", "triangle", "diamond")
 # Two inks, so the base sees dots only in white and checks only in black (the held-back concepts are the
-# opposite). A third ink (silver, a one-off world version 4) did not help the clothing LoRAs (README
+# opposite). A third ink (silver, a one-off world version 4) did not help the clothing LoRAs (docs/toy-world.md
 # "Measured quality"), so the world keeps two.
 CLOTHING_INKS = {"black": (25, 25, 25), "white": (245, 245, 245)}
 CLOTHING_PATTERNS = ("plain", "stripes", "bars", "dots", "checks")
@@ -173,7 +173,7 @@ def caption(spec: SceneSpec, rng: np.random.Generator | None = None, drop_slot: 
     learns to fill an unprompted slot by itself, as composition prompts leave slots to the LoRAs.
     ``triggers_last`` puts the trigger phrases after the generic ones: the toy text encoder reads a generic
     phrase by its token position, and trigger phrases longer than the phrase they replace would move the
-    later generic phrases (README "Measured quality").
+    later generic phrases (docs/toy-world.md "Measured quality").
     ``omit`` names categories whose phrase is never written (a held-back concept shown but not named).
     """
     concept_categories = {CONCEPTS_BY_ID[c].category: c for c in concepts}
