@@ -48,8 +48,7 @@ class JudgeSettings:
                 f"llm_judge: unknown setting(s) {unknown}. Known settings: {sorted(known)}; see "
                 "conf/metric/llm_judge.yaml and docs/llm-judge.md."
             )
-        values = {key: plain(value) for key, value in settings.items()}
-        result = cls(**values)
+        result = cls(**settings)
         result.validate()
         return result
 
@@ -94,15 +93,3 @@ class JudgeSettings:
             "structured_output": self.structured_output,
             "image_detail": self.image_detail,
         }
-
-
-def plain(value: Any) -> Any:
-    """OmegaConf containers (from Hydra) to plain lists and dicts."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        pass
-    return value

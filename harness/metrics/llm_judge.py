@@ -32,7 +32,7 @@ from harness.io import sha256_file, stable_hash
 from harness.judge.cache import JudgeCache, call_key
 from harness.judge.client import JudgeCall, JudgeClient, missing_key_reason
 from harness.judge.rubrics import PAIRWISE_SCALES, POINTWISE_CRITERIA, RUBRICS
-from harness.judge.settings import OPERATIONAL, JudgeSettings, plain
+from harness.judge.settings import OPERATIONAL, JudgeSettings
 from harness.metrics.base import METRICS, Metric, ScoreRow
 from harness.store import ImageRecord, iter_images, pairwise_sub_metric, results_dir_of
 
@@ -86,7 +86,7 @@ class LLMJudge(Metric):
 
     def __init__(self, **settings: Any) -> None:
         self.config = JudgeSettings.from_dict(settings)
-        super().__init__(**{key: plain(value) for key, value in settings.items()})
+        super().__init__(**settings)
         self._image_hashes: dict[Path, str] = {}
 
     @property
