@@ -12,14 +12,22 @@ a sign-test p-value (the usual test for judge verdicts) and Holm-adjusted Wilcox
 metric groups of that N. Judge pairwise rows (``<criterion>_vs_<other>``) are paired as criterion
 ``llm_judge/<criterion>``. Numbers made with different metric settings (metric_key) are refused unless
 ``--force``.
+
+What it prints: first the headline, all N and one row per headline column (the testbed's primary columns,
+see ``harness.tables.headline_columns``) with both means, the difference and its CI, p-values and a
+verdict in words, then a one-paragraph summary. A verdict reads the CI alone: every metric here is
+higher-is-better, so a CI above 0 means A is better, below 0 B, and a CI holding 0 no clear difference.
+``--full`` also prints every column per N; ``--out FILE`` always writes that full table as CSV.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +37,8 @@ from harness.store import (
     LEADERBOARD_FILE, SCORE_COLUMNS, SCORES_STEM, iter_images, pairwise_sub_metric, results_dir_of_scores,
 )
 from harness.tables import (
-    ALL_N, JUDGE_METRIC, is_pairwise_judge, lora_ids, n_order, names_a_lora, tidy_table, typed_scores, write_csv,
+    ALL_N, JUDGE_METRIC, headline_columns, is_pairwise_judge, lora_ids, n_order, names_a_lora, primary_columns_of,
+    tidy_table, typed_scores, write_csv,
 )
 
 DEFAULT_RESULTS = Path("results/toy")
@@ -45,6 +54,7 @@ class Side:
     label: str
     source: str
     rows: pd.DataFrame  # tidy rows of this method only
+    folder: Path  # the results folder the rows come from (its testbed settings name the headline columns)
 
 
 def _load_source(path: Path) -> pd.DataFrame:
@@ -99,7 +109,7 @@ def resolve_side(spec: str, results_dir: Path | None) -> Side:
     if label not in labels:
         raise ValueError(f"method {label!r} has no score rows in {source}; methods there: {labels}. "
                          f"Run `python -m harness score` first or check the label.")
-    return Side(label=label, source=source, rows=rows[rows["method_label"] == label])
+    return Side(label=label, source=source, rows=rows[rows["method_label"] == label], folder=folder)
 
 
 def _paired_view(side: Side, other_label: str) -> pd.DataFrame:
@@ -142,6 +152,22 @@ def match_metric_keys(a: pd.DataFrame, b: pd.DataFrame, force: bool) -> tuple[li
     return pairs, notes
 
 
+def side_names(side_a: Side, side_b: Side) -> tuple[str, str]:
+    """How verdicts name the sides: their labels, or "A" and "B" when both runs use the same label."""
+    return (side_a.label, side_b.label) if side_a.label != side_b.label else ("A", "B")
+
+
+def verdict(ci_low: float, ci_high: float, name_a: str, name_b: str) -> str:
+    """The verdict in words from the 95 % CI of A - B; every metric here is higher-is-better."""
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "no CI (fewer than 2 sets)"
+    if ci_low > 0:
+        return f"{name_a} better"
+    if ci_high < 0:
+        return f"{name_b} better"
+    return "no clear difference (CI includes 0)"
+
+
 def compare(side_a: Side, side_b: Side, force: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The comparison table (one row per metric column x N) and notes about what was skipped or forced."""
     a = _paired_view(side_a, side_b.label)
@@ -179,9 +205,60 @@ def compare(side_a: Side, side_b: Side, force: bool = False) -> tuple[pd.DataFra
     table["holm_p"] = np.nan
     for n, index in table.groupby("n").groups.items():
         table.loc[index, "holm_p"] = stats.holm(table.loc[index, "wilcoxon_p"].to_numpy())
+    name_a, name_b = side_names(side_a, side_b)
+    table["verdict"] = [verdict(low, high, name_a, name_b) for low, high in zip(table["ci_low"], table["ci_high"])]
     table["_order"] = table["n"].map(n_order)
     table = table.sort_values(["_order", "column"]).drop(columns="_order").reset_index(drop=True)
     return table, notes
+
+
+def headline(table: pd.DataFrame, primary: list[str] | None) -> pd.DataFrame:
+    """The all-N rows of the headline columns (``harness.tables.headline_columns``), in their order."""
+    everything = table[table["n"] == ALL_N].set_index("column")
+    return everything.loc[headline_columns(everything.index, primary)].reset_index()
+
+
+def format_headline(rows: pd.DataFrame, name_a: str, name_b: str) -> str:
+    """The headline rows as text: both means, A - B [95 % CI], p-values, sets and the verdict."""
+    shown = pd.DataFrame({
+        "column": rows["column"],
+        name_a: rows["mean_a"].map("{:.4g}".format),
+        name_b: rows["mean_b"].map("{:.4g}".format),
+        f"{name_a} - {name_b} [95% CI]": [f"{d:.3g} [{lo:.3g}, {hi:.3g}]" for d, lo, hi in
+                                           zip(rows["mean_diff"], rows["ci_low"], rows["ci_high"])],
+        "p": rows["wilcoxon_p"].map("{:.2g}".format),
+        "p_holm": rows["holm_p"].map("{:.2g}".format),
+        "sets": rows["sets"],
+        "verdict": rows["verdict"],
+    })
+    return _aligned(shown, left={"column", "verdict"})
+
+
+def _aligned(frame: pd.DataFrame, left: set[str]) -> str:
+    """A text table: the ``left`` columns left-aligned (names read better so), the numbers right-aligned."""
+    widths = {name: max(len(str(name)), frame[name].astype(str).str.len().max()) for name in frame.columns}
+
+    def line(cells: Iterable[object]) -> str:
+        return "  ".join(str(cell).ljust(widths[name]) if name in left else str(cell).rjust(widths[name])
+                         for name, cell in zip(frame.columns, cells)).rstrip()
+
+    return "\n".join([line(frame.columns)] + [line(row) for row in frame.itertuples(index=False)])
+
+
+def summary(rows: pd.DataFrame, family_size: int, name_a: str, name_b: str) -> str:
+    """One paragraph: where each side is better on the headline columns, and what a verdict rests on."""
+    better_a = rows.loc[rows["verdict"] == f"{name_a} better", "column"]
+    better_b = rows.loc[rows["verdict"] == f"{name_b} better", "column"]
+    unclear = rows.loc[~rows["column"].isin([*better_a, *better_b]), "column"]
+    parts = [f"{winner} is better than {loser} on {', '.join(columns)}" for winner, loser, columns in
+             ((name_a, name_b, better_a), (name_b, name_a, better_b)) if len(columns)]
+    parts += [f"no clear difference on {', '.join(unclear)}"] if len(unclear) else []
+    return textwrap.fill(
+        f"Summary (all N, up to {rows['sets'].max()} sets paired on set and seed): " + "; ".join(parts) + ". "
+        f"A verdict reads the paired 95 % bootstrap CI of the mean per-set difference A - B (higher is better "
+        f"for every metric); it is not corrected for testing several columns, p_holm is (Wilcoxon p, "
+        f"Holm-adjusted over all {family_size} columns compared at all N). Every column per N: --full, "
+        f"or --out FILE for the CSV.", width=110, break_on_hyphens=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"results folder holding both methods (default {DEFAULT_RESULTS} when A and B "
                              f"are not paths)")
     parser.add_argument("--force", action="store_true", help="compare even when metric settings differ")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    parser.add_argument("--full", action="store_true",
+                        help="also print every column (sub-metrics included) per N, not only the headline")
+    parser.add_argument("--out", type=Path, default=None, help="write the full table (every column, per N) as CSV")
     args = parser.parse_args(argv)
     results_dir = args.results
     both_paths = all(Path(spec.partition("#")[0]).exists() for spec in (args.a, args.b))
@@ -210,8 +289,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"A = {side_a.label} ({side_a.source})   B = {side_b.label} ({side_b.source})   difference = A - B")
-    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False) if not table.empty else "(nothing to compare)")
+    if table.empty:
+        print("(nothing to compare)")
+    else:
+        # Sides from different runs: the headline columns of A's results folder.
+        rows = headline(table, primary_columns_of(results_dir if results_dir is not None else side_a.folder))
+        name_a, name_b = side_names(side_a, side_b)
+        if rows.empty:
+            print("\n(no headline column has paired values; --full shows every column)")
+        else:
+            print(f"\nHeadline, all N:\n{format_headline(rows, name_a, name_b)}")
+            print("\n" + summary(rows, int((table["n"] == ALL_N).sum()), name_a, name_b))
+        if args.full:
+            print("\nEvery column, per N and all:")
+            with pd.option_context("display.width", 250, "display.max_columns", None,
+                                   "display.float_format", "{:.4g}".format):
+                print(table.to_string(index=False))
     for note in notes:
         print(f"note: {note}")
     if args.out is not None:

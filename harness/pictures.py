@@ -29,6 +29,7 @@ from harness.tables import ALL_N, n_order
 
 GRID_CELL = 160  # pixels per image in a set grid (small toy images are upscaled without smoothing)
 CONTACT_CELL = 96
+PLOT_MAX_WIDTH = 10.0  # inches at 100 dpi: a metric plot fits a page without being scaled down
 CONTACT_MAX_SETS = 60  # per N; a larger testbed gets the first sets and a note in the title
 MIN_LABEL_WIDTH = 80
 HEADER_HEIGHT = 26
@@ -138,7 +139,9 @@ def plot_metric(long: pd.DataFrame, column: str, out_dir: Path) -> Path:
     rows = long[long["column"] == column]
     ns = sorted(rows["n"].unique(), key=n_order)
     methods = sorted(rows["method_label"].unique())
-    figure = Figure(figsize=(max(5.0, 1.2 * len(ns) * max(1, len(methods)) / 2), 3.6))
+    # Shown at its own size in the report: wide enough to separate the points, never wider than a page.
+    figure_width = min(PLOT_MAX_WIDTH, max(6.0, 2.0 + 0.25 * len(ns) * max(1, len(methods))))
+    figure = Figure(figsize=(figure_width, 4.0))
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(methods))
     for index, method in enumerate(methods):
@@ -149,9 +152,9 @@ def plot_metric(long: pd.DataFrame, column: str, out_dir: Path) -> Path:
         axes.errorbar(x, mean, yerr=np.nan_to_num(errors), fmt="o", capsize=3, label=method)
     axes.set_xticks(np.arange(len(ns)), [f"N={n}" if n != ALL_N else "all" for n in ns])
     axes.set_ylabel(column)
-    axes.set_title(f"{column}: mean, 95% CI", fontsize=10)
+    axes.set_title(f"{column}: mean, 95% CI (higher is better)", fontsize=11)
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     return _save_figure(figure, out_dir / f"metric_{slug(column)}.png")
 
 

@@ -4,6 +4,13 @@
 and the image grids by relative paths, so the folder can be zipped, copied or opened from disk. A small
 script at the end of the page writes a ``#render-check`` element saying how many tables and images
 loaded; the headless-Chromium test reads it.
+
+The page opens with what a reader wants first: the headline table (all N, the testbed's primary columns,
+best value per column in bold), one sample image grid and the cost per method. Everything else (each
+column by N with its plot, judge, validity, coverage, settings, every image) is folded below.
+
+Which columns are the headline is ``harness.tables.headline_columns`` (``python -m harness compare`` uses the
+same choice).
 """
 
 from __future__ import annotations
@@ -11,15 +18,17 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.io import atomic_write_text, read_json
 from harness.pictures import slug
 from harness.store import (
     COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PICTURES_DIR,
-    REPORT_FILE, SCORES_STEM, VALIDITY_FILE,
+    REPORT_FILE, SCORES_STEM, TESTBED_FILE, VALIDITY_FILE, iter_images,
 )
-from harness.tables import ALL_N, n_order
+from harness.tables import ALL_N, headline_columns, n_order, primary_columns_of
+
 DOWNLOADS = [LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, f"{SCORES_STEM}.parquet",
              f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE, VALIDITY_FILE]
 
@@ -30,12 +39,19 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; }
 td:first-child, th:first-child { text-align: left; }
 .ci { color: #666; font-size: 11px; }
-.plots img, .sheets img { max-width: 100%; margin: 4px; border: 1px solid #ddd; vertical-align: top; }
-.metric { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-.metric .plots img { max-width: 520px; }
+.plots img, .sheets img, .sample img { max-width: 100%; margin: 4px; border: 1px solid #ddd; vertical-align: top; }
 .grids a { display: inline-block; margin: 2px 6px; }
 .wide { overflow-x: auto; }
 .note { color: #555; font-size: 13px; }
+table.headline { font-size: 15px; }
+table.headline td { padding: 5px 10px; }
+table.headline .best { font-weight: bold; }
+details { margin: 0.4em 0; }
+details > summary { cursor: pointer; font-weight: 600; padding: 2px 0; }
+details details { margin-left: 1.2em; }
+details > div { margin: 0.5em 0 1em; }
+.opening { display: flex; flex-wrap: wrap; gap: 3em; align-items: flex-start; }
+.opening > div { max-width: 640px; }
 """
 
 # Counts loaded images and tables after everything has loaded, for headless checks and for humans.
@@ -66,21 +82,21 @@ def _format_cell(row: pd.Series) -> str:
     return f"{row['mean']:.4g}<span class='ci'>{ci} (n={int(row['n_scored'])}{missing})</span>"
 
 
-def leaderboard_section(long: pd.DataFrame, results_dir: Path) -> str:
-    """Per leaderboard column: a method x N table of mean [95 % CI] (n) and its plot."""
-    parts = []
-    for column in dict.fromkeys(long["column"]):
-        rows = long[long["column"] == column]
-        pivot = rows.assign(cell=rows.apply(_format_cell, axis=1)).pivot(
-            index="method_label", columns="n", values="cell")
-        pivot = pivot[sorted(pivot.columns, key=n_order)]
-        pivot.columns = [f"N={n}" if n != ALL_N else "all" for n in pivot.columns]
-        table = pivot.rename_axis("method").reset_index().fillna("").to_html(escape=False, index=False, border=0)
-        plot = results_dir / PICTURES_DIR / "plots" / f"metric_{slug(column)}.png"
-        image = f"<img src='{_rel(plot, results_dir)}' alt='{html.escape(column)}'>" if plot.exists() else ""
-        parts.append(f"<h3>{html.escape(column)}</h3><div class='metric'><div>{table}</div>"
-                     f"<div class='plots'>{image}</div></div>")
-    return "\n".join(parts)
+def _folded(summary: str, content: str) -> str:
+    return f"<details><summary>{html.escape(summary)}</summary><div>{content}</div></details>"
+
+
+def column_detail(long: pd.DataFrame, column: str, results_dir: Path) -> str:
+    """One leaderboard column, folded: a method x N table of mean [95 % CI] (n) and its plot below it."""
+    rows = long[long["column"] == column]
+    pivot = rows.assign(cell=rows.apply(_format_cell, axis=1)).pivot(
+        index="method_label", columns="n", values="cell")
+    pivot = pivot[sorted(pivot.columns, key=n_order)]
+    pivot.columns = [f"N={n}" if n != ALL_N else "all" for n in pivot.columns]
+    table = pivot.rename_axis("method").reset_index().fillna("").to_html(escape=False, index=False, border=0)
+    plot = results_dir / PICTURES_DIR / "plots" / f"metric_{slug(column)}.png"
+    image = f"<img src='{_rel(plot, results_dir)}' alt='{html.escape(column)}'>" if plot.exists() else ""
+    return _folded(column, f"<div class='wide'>{table}</div><div class='plots'>{image}</div>")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -94,6 +110,51 @@ def _table(frame: pd.DataFrame) -> str:
     return f"<div class='wide'>{table}</div>"
 
 
+def _headline_cell(row: pd.Series, best: bool) -> str:
+    if pd.isna(row["mean"]):
+        return "&ndash;"
+    ci = "" if pd.isna(row["ci_low"]) else f" <span class='ci'>[{row['ci_low']:.3g}, {row['ci_high']:.3g}]</span>"
+    value = f"<span class='best'>{row['mean']:.4g}</span>" if best else f"{row['mean']:.4g}"
+    return value + ci
+
+
+def headline_table(long: pd.DataFrame, columns: list[str]) -> str:
+    """All N, one row per method, one column per headline column: mean [95 % CI], the best mean in bold.
+
+    Every metric here is higher-is-better. A column where all methods tie marks none.
+    """
+    rows = long[(long["n"] == ALL_N) & long["column"].isin(columns)]
+    methods = sorted(rows["method_label"].unique())
+    cells = pd.DataFrame(index=methods, columns=columns, dtype=object).fillna("")
+    for column in columns:
+        part = rows[rows["column"] == column].set_index("method_label")
+        means = part["mean"].dropna()
+        best = means.max() if means.nunique() > 1 else np.nan
+        for method, row in part.iterrows():
+            cells.loc[method, column] = _headline_cell(row, best=bool(row["mean"] == best))
+    table = cells.rename_axis("method").reset_index().to_html(escape=False, index=False, border=0,
+                                                               classes="headline")
+    return f"<div class='wide'>{table}</div>"
+
+
+def cost_table(results_dir: Path, coverage: pd.DataFrame) -> pd.DataFrame:
+    """Per method: images generated, generation failures (from coverage.csv) and the seconds each image
+    took, as the runner recorded them in its metadata (``seconds``: sampling and decoding, not loading)."""
+    counts = coverage.drop_duplicates("method_label").set_index("method_label")[
+        ["images_generated", "generation_failures"]]
+    timings = pd.DataFrame([{"method_label": record.method_label, "seconds": record.metadata.get("seconds"),
+                             "device": record.metadata.get("device", "")} for record in iter_images(results_dir)],
+                           columns=["method_label", "seconds", "device"])
+    timings["seconds"] = pd.to_numeric(timings["seconds"], errors="coerce")
+    by_method = timings.groupby("method_label").agg(
+        seconds_per_image=("seconds", "mean"), total_seconds=("seconds", lambda s: s.sum(min_count=1)),
+        device=("device", lambda d: ", ".join(sorted(set(d) - {""}))))
+    cost = counts.join(by_method, how="left").rename_axis("method").reset_index()
+    cost["device"] = cost["device"].fillna("")
+    return cost.rename(columns={"images_generated": "images generated", "generation_failures": "failed",
+                                "seconds_per_image": "seconds per image", "total_seconds": "total seconds"})
+
+
 def render_report(results_dir: Path) -> str:
     long = pd.read_csv(results_dir / LEADERBOARD_LONG_FILE, dtype={"n": str})
     meta = read_json(results_dir / LEADERBOARD_META_FILE, default={})
@@ -101,56 +162,84 @@ def render_report(results_dir: Path) -> str:
     judge = pd.read_csv(results_dir / JUDGE_FILE, dtype={"n": str})
     pictures = results_dir / PICTURES_DIR
     plots = pictures / "plots"
+    grids = sorted((pictures / "grids").glob("*.png"))
+    primary = primary_columns_of(results_dir)
+    columns = list(dict.fromkeys(long["column"]))
+    headline = headline_columns(columns, primary)
     title = f"Results: {results_dir.name}"
     body = [f"<h1>{html.escape(title)}</h1>"]
     body.append(f"<p class='note'>Testbed(s): {html.escape(', '.join(meta.get('testbeds', [])))}; methods: "
                 f"{html.escape(', '.join(meta.get('methods', {})))}. Rebuilt with <code>python -m harness table "
                 f"{html.escape(str(results_dir))}</code>.</p>")
+
+    # 1. The headline: the numbers a reader came for.
+    body.append("<h2>Headline (all N)</h2>")
+    chosen = ("the testbed's primary columns" if primary is not None else
+              f"default headline columns (no primary_columns in {TESTBED_FILE}; see "
+              f"harness.tables.headline_columns)")
+    body.append(f"<p class='note'>Mean over sets [95% CI], {chosen}. Higher is better for every metric; "
+                f"<b>bold</b> = the best mean of its column (none when all tie). Overlapping CIs are no clear "
+                f"win: <code>python -m harness compare A B</code> tests one pair. Every N and sub-metric is in "
+                f"the details below.</p>")
+    body.append(headline_table(long, headline) if headline else "<p>No scores yet.</p>")
+
+    # 2. One sample next to 3. what each method costs (side by side: the grid is narrow and tall).
+    body.append("<div class='opening'>")
+    if grids:
+        body.append(f"<div><h2>Sample</h2><p class='note'>Set {html.escape(grids[0].stem)}: methods (rows) x "
+                    f"seeds (columns).<br>Every set is under Images below.</p><div class='sample'>"
+                    f"<img src='{_rel(grids[0], results_dir)}' alt='sample grid'></div></div>")
+    body.append("<div><h2>Cost per method</h2><p class='note'>Seconds per image as the runner recorded them "
+                "(sampling and decoding, not model loading), on the device named; blank where the records carry "
+                "no time.</p>" + _table(cost_table(results_dir, coverage)) + "</div>")
+    body.append("</div>")
+
+    # 4. Everything else, folded.
+    body.append("<h2>Details</h2>")
     links = [f"<a href='{name}'>{name}</a>" for name in DOWNLOADS if (results_dir / name).exists()]
     body.append(f"<p>Files: {' · '.join(links)}</p>")
-
-    body.append("<h2>Leaderboard</h2>")
     ci = meta.get("ci", {})
-    body.append(f"<p class='note'>Mean [95% CI] (n scored). {html.escape(meta.get('aggregation', ''))}. CI: "
-                f"{html.escape(str(ci.get('method', '')))} bootstrap over {html.escape(str(ci.get('resampled', '')))}, "
-                f"{ci.get('n_resamples', '')} resamples, random_state {ci.get('random_state', '')}.</p>")
-    body.append(leaderboard_section(long, results_dir) if not long.empty else "<p>No scores yet.</p>")
+    body.append(f"<p class='note'>Each column by N: mean [95% CI] (n scored). "
+                f"{html.escape(meta.get('aggregation', ''))}. CI: {html.escape(str(ci.get('method', '')))} "
+                f"bootstrap over {html.escape(str(ci.get('resampled', '')))}, {ci.get('n_resamples', '')} "
+                f"resamples, random_state {ci.get('random_state', '')}.</p>")
+    body += [column_detail(long, column, results_dir) for column in headline]
+    others = [column for column in columns if column not in headline]
+    if others:
+        body.append(_folded(f"Other columns ({len(others)}): the remaining sub-metrics",
+                            "".join(column_detail(long, column, results_dir) for column in others)))
 
     if not judge.empty:
-        body.append("<h2>LLM judge: pairwise win / tie / loss</h2>")
-        body.append("<p class='note'>Scores averaged over both presentation orders; consistency_rate = share of "
-                    "pairs whose verdict survives the swap; sign test on wins vs losses.</p>")
-        body.append(_table(judge))
         judge_plot = plots / "judge_win_rates.png"
-        if judge_plot.exists():
-            body.append(f"<div class='plots'><img src='{_rel(judge_plot, results_dir)}' alt='judge win rates'></div>")
+        image = (f"<div class='plots'><img src='{_rel(judge_plot, results_dir)}' alt='judge win rates'></div>"
+                 if judge_plot.exists() else "")
+        body.append(_folded("LLM judge: pairwise win / tie / loss",
+                            "<p class='note'>Scores averaged over both presentation orders; consistency_rate = "
+                            "share of pairs whose verdict survives the swap; sign test on wins vs losses.</p>"
+                            + _table(judge) + image))
 
     validity = sorted(plots.glob("validity_*.png"))
     if validity or (results_dir / VALIDITY_FILE).exists():
-        body.append("<h2>Validity: metric vs the testbed's ground truth</h2>")
-        if (results_dir / VALIDITY_FILE).exists():
-            body.append(_table(pd.read_csv(results_dir / VALIDITY_FILE, keep_default_na=False)))
-        body.append("<div class='plots'>")
-        body += [f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>" for path in validity]
-        body.append("</div>")
+        table = (_table(pd.read_csv(results_dir / VALIDITY_FILE, keep_default_na=False))
+                 if (results_dir / VALIDITY_FILE).exists() else "")
+        images = "".join(f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>" for path in validity)
+        body.append(_folded("Validity: metric vs the testbed's ground truth", table + f"<div class='plots'>{images}</div>"))
 
-    body.append("<h2>Coverage</h2>")
-    body.append(_table(coverage) if not coverage.empty else "<p>No images or scores yet.</p>")
+    body.append(_folded("Coverage", _table(coverage) if not coverage.empty else "<p>No images or scores yet.</p>"))
 
     if meta.get("columns"):
-        body.append("<h2>Metric settings</h2>")
         settings = pd.DataFrame([{"column": name, "metric": c["metric"], "sub_metric": c["sub_metric"],
                                   "metric_key": c["metric_key"], "version": c["metric_version"],
                                   "settings": str(c["settings"])} for name, c in meta["columns"].items()])
-        body.append(_table(settings))
+        body.append(_folded("Metric settings", _table(settings)))
 
-    body.append("<h2>Images</h2><div class='sheets'>")
-    body += [f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>"
-             for path in sorted(pictures.glob("contact_n*.png"), key=lambda p: int(p.stem.removeprefix("contact_n")))]
-    body.append("</div><p>Per-set grids (methods x seeds):</p><div class='grids'>")
-    body += [f"<a href='{_rel(path, results_dir)}'>{html.escape(path.stem)}</a>"
-             for path in sorted((pictures / "grids").glob("*.png"))]
-    body.append("</div>")
+    sheets = sorted(pictures.glob("contact_n*.png"), key=lambda p: int(p.stem.removeprefix("contact_n")))
+    body.append(_folded(
+        "Images: a contact sheet per N, a grid per set",
+        "<div class='sheets'>" + "".join(f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>"
+                                         for path in sheets)
+        + "</div><p>Per-set grids (methods x seeds):</p><div class='grids'>"
+        + "".join(f"<a href='{_rel(path, results_dir)}'>{html.escape(path.stem)}</a>" for path in grids) + "</div>"))
 
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + RENDER_CHECK + "</body></html>\n")

@@ -32,11 +32,13 @@ from harness.io import atomic_write, atomic_write_json
 from harness.store import (
     COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PAIRWISE_MARKER,
     SCORE_COLUMNS, SCORES_STEM, STATUSES, VALUE_STATUSES, ImageRecord, is_results_folder, iter_failures, iter_images,
-    load_scores, parse_pairwise_sub_metric,
+    load_scores, parse_pairwise_sub_metric, read_testbed_info,
 )
 
 JUDGE_METRIC = "llm_judge"
 ALL_N = "all"
+# Sub-metrics that summarise a whole image, kept in the default headline (see ``headline_columns``).
+HEADLINE_SUB_METRICS = ("mean", "all_present", "all_kept", "overall")
 STAT_COLUMNS = ["mean", "ci_low", "ci_high", "n_scored", "n_missing"]
 
 
@@ -118,6 +120,41 @@ def column_groups(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset()) ->
 
 
 # ------------------------------------------------------------------------------------------- leaderboard
+
+
+def primary_columns_of(results_dir: str | Path) -> list[str] | None:
+    """The testbed's primary columns, as recorded in ``<results>/testbed.json`` (``harness.store``).
+
+    None when the folder does not record them (no such file or key); ``headline_columns`` then picks a default.
+    """
+    columns = read_testbed_info(results_dir).get("primary_columns")
+    return None if columns is None else [str(column) for column in columns]
+
+
+def headline_columns(columns: Iterable[str], primary: list[str] | None) -> list[str]:
+    """The columns shown first, out of the leaderboard ``columns`` present (given in leaderboard order).
+
+    With ``primary`` (the testbed's list): those of them that have data, in the testbed's order. Without:
+    a default that keeps one number per metric and question, in leaderboard order: whole-metric columns
+    (no "/", e.g. ``clip_text``), per-image means over LoRAs or categories (sub-metric ``mean`` or ending
+    in ``:mean``, e.g. ``arcface/mean``, ``image_ref/dino:mean``), the oracle's every-element indicators
+    (``all_present``, ``all_kept``) and the judge's ``overall``. Per-category and per-element sub-metrics
+    stay in the details.
+    """
+    present = list(dict.fromkeys(columns))
+    if primary is not None:
+        return [column for column in primary if column in present]
+    return [column for column in present if _is_default_headline(column)]
+
+
+def _is_default_headline(column: str) -> bool:
+    name = column.split("@")[0]  # "@metric_key" is appended when one folder holds several settings
+    if "/" not in name:
+        return True
+    sub_metric = name.split("/", 1)[1]
+    return sub_metric in HEADLINE_SUB_METRICS or sub_metric.endswith(":mean")
+
+
 
 
 def summarise(values: pd.DataFrame) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""``python -m harness compare``: paired statistics, cross-run sources and the settings guard."""
+"""``python -m harness compare``: paired statistics, cross-run sources, the settings guard and the headline."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,69 @@ def test_clear_errors_for_bad_sides(results_dir: Path, capsys: pytest.CaptureFix
     assert "nobody" in capsys.readouterr().err
     assert compare.main([str(results_dir), "merge", "--results", str(results_dir)]) == 2
     assert "#LABEL" in capsys.readouterr().err
+
+
+def test_verdict_follows_the_ci() -> None:
+    assert compare.verdict(0.1, 0.3, "switch", "merge") == "switch better"
+    assert compare.verdict(-0.3, -0.1, "switch", "merge") == "merge better"
+    assert compare.verdict(-0.1, 0.3, "switch", "merge") == "no clear difference (CI includes 0)"
+    assert compare.verdict(0.0, 0.0, "switch", "merge") == "no clear difference (CI includes 0)"
+    assert compare.verdict(np.nan, np.nan, "switch", "merge") == "no CI (fewer than 2 sets)"
+
+
+def test_every_row_carries_the_verdict_of_its_ci(results_dir: Path, tmp_path: Path) -> None:
+    table = _run(results_dir, "merge", "switch")
+    expected = np.select([table["ci_low"] > 0, table["ci_high"] < 0], ["merge better", "switch better"],
+                         "no clear difference (CI includes 0)")
+    assert (table["verdict"] == expected).all()
+    # switch beats merge on clip_t by construction; here switch is B.
+    assert table.set_index(["column", "n"]).loc[("clip_t", tables.ALL_N), "verdict"] == "switch better"
+    # The same rows in another folder: no difference anywhere, and the sides (one label) are named A and B.
+    twin = make_results_folder(tmp_path / "twin")
+    side_a, side_b = compare.resolve_side(f"{results_dir}#switch", None), compare.resolve_side(f"{twin}#switch", None)
+    same, _ = compare.compare(side_a, side_b)
+    assert compare.side_names(side_a, side_b) == ("A", "B")
+    assert (same["verdict"] == "no clear difference (CI includes 0)").all()
+
+
+def test_default_output_is_the_headline(results_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert compare.main(["switch", "merge", "--results", str(results_dir)]) == 0
+    out = capsys.readouterr().out
+    headline = out[out.index("Headline, all N:"):out.index("Summary")]
+    lines = headline.splitlines()[2:]
+    rows = {line.split()[0]: line for line in lines if line.strip()}
+    # The default headline columns of the fixture (no testbed.json), in leaderboard order.
+    assert list(rows) == ["clip_t", "image_ref/dino:mean", "llm_judge/overall", "oracle/all_present"]
+    assert rows["clip_t"].endswith("switch better")
+    assert "switch is better than merge on clip_t" in " ".join(out.split())
+    # No per-N rows and no sub-metric rows without --full.
+    assert "Every column, per N" not in out and "llm_judge/aesthetic_quality" not in out
+
+
+def test_full_prints_every_row_and_out_writes_them(results_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    table = _run(results_dir, "switch", "merge")
+    out_file = tmp_path / "short.csv"
+    assert compare.main(["switch", "merge", "--results", str(results_dir), "--out", str(out_file)]) == 0
+    assert "Every column, per N" not in capsys.readouterr().out
+    written = pd.read_csv(out_file, dtype={"n": str})
+    # --out holds the full table even without --full: every column, every N and all, with its verdict.
+    assert len(written) == len(table) and set(written["n"]) == {str(n) for _, n in SETS} | {tables.ALL_N}
+    assert list(written["verdict"]) == list(table["verdict"])
+    assert compare.main(["switch", "merge", "--results", str(results_dir), "--full"]) == 0
+    out = capsys.readouterr().out
+    full = out[out.index("Every column, per N"):]
+    assert "llm_judge/aesthetic_quality" in full
+    assert len([line for line in full.splitlines() if line.split()[:1] == ["clip_t"]]) == len(set(n for _, n in SETS)) + 1
+
+
+def test_headline_uses_the_testbed_primary_columns(results_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "toy"
+    shutil.copytree(results_dir, folder)
+    (folder / store.TESTBED_FILE).write_text(json.dumps(
+        {"primary_columns": ["oracle/all_present", "not_scored_here", "clip_t"]}))
+    assert compare.main(["switch", "merge", "--results", str(folder)]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("Headline, all N:"):out.index("Summary")].splitlines()[2:]
+    assert [line.split()[0] for line in lines if line.strip()] == ["oracle/all_present", "clip_t"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from PIL import Image
 import harness  # noqa: F401
 from harness import pictures, report, store, tables
 from harness.workflow import rebuild_outputs
-from results_fixture import FAILED, METHOD_MEANS, SEEDS, SETS, results_dir  # noqa: F401
+from results_fixture import FAILED, METHOD_MEANS, SEEDS, SETS, make_results_folder, results_dir  # noqa: F401
 
 CHROMIUM_TIMEOUT_S = 90
 
@@ -63,8 +65,104 @@ def test_report_links_resolve(results_dir: Path, refreshed: dict[str, Path]) -> 
     assert store.VALIDITY_FILE in targets and "spearman_rho" in page  # the fixture has oracle rows
     for target in targets:
         assert (results_dir / target).exists(), target
-    for column in ("clip_t", "llm_judge/overall", "oracle/all_present"):
-        assert f"<h3>{column}</h3>" in page
+    for column in ("clip_t", "llm_judge/overall", "oracle/all_present", "llm_judge/aesthetic_quality"):
+        assert f"<summary>{column}</summary>" in page
+
+
+def _headline_rows(page: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Header names and, per method, the cells of the page's headline table."""
+    table = re.search(r"<table[^>]*headline.*?</table>", page, re.S).group(0)
+    header = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", table)]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table, re.S):
+        cells = re.findall(r"<td>(.*?)</td>", row, re.S)
+        if cells:  # the header row holds <th> only
+            rows[cells[0]] = cells[1:]
+    return header, rows
+
+
+def test_report_opens_with_headline_sample_and_cost(results_dir: Path, refreshed: dict[str, Path]) -> None:
+    page = refreshed["report"].read_text(encoding="utf-8")
+    order = [page.index(mark) for mark in ("<h2>Headline (all N)</h2>", "<h2>Sample</h2>", "<h2>Cost per method</h2>",
+                                           "<h2>Details</h2>")]
+    assert order == sorted(order)
+    # Nothing before the details is folded, and the first table on the page is the headline.
+    assert "<details" not in page[:order[-1]] and page.index("<details") > order[-1]
+    assert page.index("<table") == page.index("<table", order[0]) and "headline" in page[page.index("<table"):][:80]
+    header, rows = _headline_rows(page)
+    long = pd.read_csv(results_dir / store.LEADERBOARD_LONG_FILE, dtype={"n": str})
+    expected = tables.headline_columns(long["column"], None)
+    assert header == ["method", *expected]
+    assert "clip_t" in expected and "oracle/all_present" in expected and "image_ref/dino:mean" in expected
+    assert "llm_judge/aesthetic_quality" not in expected  # a sub-metric: only in the details
+    assert sorted(rows) == sorted(METHOD_MEANS)
+    # The best clip_t mean (switch, by construction of the fixture) is the one marked, and only it.
+    clip = expected.index("clip_t")
+    marked = [method for method, cells in rows.items() if "class='best'" in cells[clip]]
+    assert marked == [max(METHOD_MEANS, key=METHOD_MEANS.get)]
+    # The sample is a set grid; the cost table counts images per method (composite has one failure).
+    sample = page[order[1]:order[2]]
+    assert f"{store.PICTURES_DIR}/grids/" in sample and "<img" in sample
+    cost = page[order[2]:order[3]]
+    assert "seconds per image" in cost and all(f"<td>{method}</td>" in cost for method in METHOD_MEANS)
+
+
+def test_headline_marks_every_best_and_none_when_all_tie() -> None:
+    long = pd.DataFrame([{"method_label": method, "n": tables.ALL_N, "column": column, "mean": mean,
+                          "ci_low": mean, "ci_high": mean}
+                         for column, means in {"tied": [1.0, 1.0, 1.0], "two_best": [0.5, 0.9, 0.9]}.items()
+                         for method, mean in zip(["a", "b", "c"], means)])
+    _, rows = _headline_rows(report.headline_table(long, ["tied", "two_best"]))
+    assert [method for method, cells in rows.items() if "class='best'" in cells[0]] == []
+    assert [method for method, cells in rows.items() if "class='best'" in cells[1]] == ["b", "c"]
+
+
+def test_cost_table_reads_seconds_from_image_records(tmp_path: Path) -> None:
+    folder = make_results_folder(tmp_path / "toy")
+    for metadata_path in (folder / "images").glob("*/*/metadata.json"):
+        meta = json.loads(metadata_path.read_text())
+        seconds = {"merge": 1.0, "composite": 2.0, "switch": 4.0}[meta["method"]["label"]]
+        for record in meta["images"].values():
+            record["seconds"], record["device"] = seconds, "cpu"
+        metadata_path.write_text(json.dumps(meta))
+    coverage = tables.coverage_table(tables.tidy_table(folder), folder)
+    cost = report.cost_table(folder, coverage).set_index("method")
+    images = len(SETS) * len(SEEDS)
+    assert cost.loc["composite", "images generated"] == images - 1 and cost.loc["composite", "failed"] == 1
+    assert cost.loc["merge", "failed"] == 0
+    assert cost["seconds per image"].to_dict() == {"composite": 2.0, "merge": 1.0, "switch": 4.0}
+    assert cost.loc["switch", "total seconds"] == 4.0 * images and cost.loc["switch", "device"] == "cpu"
+
+
+def test_primary_columns_come_from_the_results_folder(tmp_path: Path) -> None:
+    assert tables.primary_columns_of(tmp_path) is None
+    (tmp_path / store.TESTBED_FILE).write_text(json.dumps({"primary_columns": ["oracle/all_present",
+                                                                                         "absent", "clip_t"]}))
+    primary = tables.primary_columns_of(tmp_path)
+    assert primary == ["oracle/all_present", "absent", "clip_t"]
+    present = ["clip_t", "image_ref/dino:category=style", "image_ref/dino:mean", "oracle/all_present",
+               "oracle/present:style", "llm_judge/overall", "llm_judge/aesthetic_quality", "arcface/mean"]
+    # The testbed's order, columns without data skipped.
+    assert tables.headline_columns(present, primary) == ["oracle/all_present", "clip_t"]
+    # No list: whole metrics, means and the all-element indicators, in leaderboard order.
+    assert tables.headline_columns(present, None) == ["clip_t", "image_ref/dino:mean", "oracle/all_present",
+                                                      "llm_judge/overall", "arcface/mean"]
+
+
+def test_report_headline_follows_the_testbed_primary_columns(results_dir: Path, refreshed: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    folder = tmp_path / "toy"
+    shutil.copytree(results_dir, folder)
+    (folder / store.TESTBED_FILE).write_text(json.dumps({"primary_columns": ["llm_judge/overall",
+                                                                                       "clip_t"]}))
+    page = report.write_report(folder).read_text(encoding="utf-8")
+    header, _ = _headline_rows(page)
+    assert header == ["method", "llm_judge/overall", "clip_t"]
+    assert "the testbed's primary columns" in page
+    # The primary columns' details come first, each folded; the rest sit in one fold below them.
+    details = page[page.index("<h2>Details</h2>"):]
+    assert details.index("<summary>llm_judge/overall</summary>") < details.index("<summary>clip_t</summary>") \
+        < details.index("Other columns") < details.index("<summary>oracle/all_present</summary>")
 
 
 def _chromium() -> str:
