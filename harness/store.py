@@ -11,6 +11,9 @@ Layout of a results folder (``results/<testbed>/`` by default)::
     scores.parquet, scores.csv, leaderboard.csv, leaderboard_long.csv, leaderboard.meta.json,
     coverage.csv, judge_wtl.csv, validity.csv         tables (``python -m harness table``)
     pictures/, report.html                            pictures and the static report
+    ratings.sqlite                                    human ratings (``python -m harness rate``), SQLite in WAL
+                                                      mode; exported as rows of metric ``human`` under scores/
+    agreement.csv                                     human ratings vs metrics (``python -m harness agreement``)
 
 ``metadata.json`` is rewritten atomically under a file lock after every image (read, merge, write), so a
 killed run loses at most the image in flight and two runs writing one folder keep each other's records.
@@ -35,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from filelock import FileLock
 
-from harness.io import atomic_write_json, read_json
+from harness.io import atomic_write_json, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ JUDGE_FILE = "judge_wtl.csv"
 VALIDITY_FILE = "validity.csv"
 PICTURES_DIR = "pictures"
 REPORT_FILE = "report.html"
+RATINGS_FILE = "ratings.sqlite"
+AGREEMENT_FILE = "agreement.csv"
 
 
 def image_filename(seed: int) -> str:
@@ -295,6 +300,28 @@ def _repair_truncated_tail(path: Path) -> None:
         keep = data.rfind(b"\n") + 1
         logger.warning("%s: dropping a truncated last line before appending", path)
         handle.truncate(keep)
+
+
+def replace_metric_rows(results_dir: str | Path, metric: str, rows: Iterable[ScoreRow]) -> int:
+    """Make ``rows`` the only rows of ``metric``: for a metric recomputed whole from another store (the human
+    ratings in ratings.sqlite), where appending would keep answers a rater has since undone.
+
+    Each file is replaced atomically; files of the metric that get no row are removed.
+    """
+    rows = list(rows)
+    if any(row.metric != metric for row in rows):
+        raise ValueError(f"replace_metric_rows({metric!r}) got rows of another metric")
+    by_file: dict[Path, list[str]] = defaultdict(list)
+    for row in rows:
+        by_file[scores_path(results_dir, row.metric, row.metric_key, row.method_label)].append(
+            json.dumps(row.to_dict(), default=str))
+    folder = Path(results_dir) / SCORES_DIR / metric
+    for path in sorted(folder.glob("*/*.jsonl")) if folder.is_dir() else []:
+        if path not in by_file:
+            path.unlink()
+    for path, lines in by_file.items():
+        atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(rows)
 
 
 def scored_image_keys(results_dir: str | Path, metric: str, metric_key: str) -> set[str]:
