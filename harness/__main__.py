@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "bench": "harness.bench:main",
     "demo": "harness.demo:main",
     "sets": "harness.inspect_testbed:main",
+    "rate": "harness.rating.cli:rate_main",
+    "agreement": "harness.rating.cli:agreement_main",
 }
 
 

@@ -7,6 +7,8 @@ Written under ``<results>/pictures/`` from the images and the tables ``python -m
     plots/metric_<col>.png    each leaderboard column: mean and 95 % CI by method, split by N
     plots/judge_win_rates.png LLM-judge pairwise win/tie/loss shares per method pair and N
     plots/validity_<col>.png  per image, metric value vs the testbed's ground truth (toy: the oracle)
+    plots/agreement_*.png     human win rates per method pair, and each metric's pairwise accuracy against the
+                              human majority (from agreement.csv, ``harness.agreement``)
 
 Plots use matplotlib's object API with the Agg canvas (no display, no global pyplot state).
 """
@@ -209,10 +211,41 @@ def plot_validity(pairs: pd.DataFrame, validity: pd.DataFrame, truth: str, out_d
     return written
 
 
-def write_pictures(results_dir: str | Path, validity: tuple[pd.DataFrame, pd.DataFrame, str] | None = None
-                   ) -> dict[str, Path]:
+def plot_agreement(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """From agreement.csv: human win rates with 95 % CIs (one panel per rubric x criterion), and each metric's
+    pairwise accuracy against the human majority with its CI (one panel per criterion)."""
+    written = []
+    for figure_name, filename, title in (
+            ("win_rate", "agreement_win_rates.png", "human preference for the first method (0.5 = even)"),
+            ("pairwise_accuracy", "agreement_metrics.png", "pairwise accuracy vs the human majority (0.5 = chance)")):
+        rows = table[(table["figure"] == figure_name) & table["value"].notna()]
+        if rows.empty:
+            continue
+        panels = list(rows.groupby(["rubric", "criterion"], sort=False))
+        height = sum(0.8 + 0.28 * len(part) for _, part in panels)
+        figure = Figure(figsize=(8.0, max(2.5, height)))
+        for index, ((rubric, criterion), part) in enumerate(panels, start=1):
+            axes = figure.add_subplot(len(panels), 1, index)
+            part = part.sort_values("value", kind="stable")
+            y = np.arange(len(part))
+            value = part["value"].to_numpy(dtype=float)
+            errors = np.vstack([value - part["ci_low"].to_numpy(dtype=float),
+                                part["ci_high"].to_numpy(dtype=float) - value])
+            axes.errorbar(value, y, xerr=np.nan_to_num(np.clip(errors, 0, None)), fmt="o", capsize=3)
+            axes.axvline(0.5, color="#999999", linewidth=1, linestyle="--")
+            axes.set_yticks(y, part["subject"].tolist(), fontsize=8)
+            axes.set_xlim(0, 1)
+            axes.set_title(f"{rubric}, {criterion}: {title}", fontsize=9)
+            axes.grid(axis="x", alpha=0.3)
+        written.append(_save_figure(figure, out_dir / filename))
+    return written
+
+
+def write_pictures(results_dir: str | Path, validity: tuple[pd.DataFrame, pd.DataFrame, str] | None = None,
+                   agreement: pd.DataFrame | None = None) -> dict[str, Path]:
     """Rebuild every picture of a results folder from its tables; ``validity`` is ``(pairs, table, truth)`` from
-    ``harness.validity`` where the testbed has a ground truth."""
+    ``harness.validity`` where the testbed has a ground truth, ``agreement`` the table of ``harness.agreement``
+    where the folder has ratings."""
     results_dir = Path(results_dir)
     long_path, judge_path = results_dir / LEADERBOARD_LONG_FILE, results_dir / JUDGE_FILE
     if not long_path.exists():
@@ -229,6 +262,8 @@ def write_pictures(results_dir: str | Path, validity: tuple[pd.DataFrame, pd.Dat
     if validity is not None:
         pairs, table, truth = validity
         written += plot_validity(pairs, table, truth, out / "plots")
+    if agreement is not None:
+        written += plot_agreement(agreement, out / "plots")
     for stale in old - set(written):  # pictures of sets, metrics or methods no longer in the folder
         stale.unlink()
     return {"pictures": out}

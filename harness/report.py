@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.agreement import METRIC_FIGURES, metric_summary
 from harness.io import atomic_write_text, read_json
 from harness.pictures import slug
 from harness.store import (
-    COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PICTURES_DIR,
-    REPORT_FILE, SCORES_STEM, TESTBED_FILE, VALIDITY_FILE, iter_images,
+    AGREEMENT_FILE, COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE,
+    PICTURES_DIR, REPORT_FILE, SCORES_STEM, TESTBED_FILE, VALIDITY_FILE, iter_images,
 )
 from harness.tables import ALL_N, headline_columns, n_order, primary_columns_of
 
 DOWNLOADS = [LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, f"{SCORES_STEM}.parquet",
-             f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE, VALIDITY_FILE]
+             f"{SCORES_STEM}.csv", COVERAGE_FILE, JUDGE_FILE, VALIDITY_FILE, AGREEMENT_FILE]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -155,6 +156,24 @@ def cost_table(results_dir: Path, coverage: pd.DataFrame) -> pd.DataFrame:
                                 "seconds_per_image": "seconds per image", "total_seconds": "total seconds"})
 
 
+def agreement_section(results_dir: Path) -> str:
+    """agreement.csv in two tables (the raters' figures; each metric against the raters) and its plots."""
+    table = pd.read_csv(results_dir / AGREEMENT_FILE, keep_default_na=False, na_values=[""])
+    human = table[~table["figure"].isin(METRIC_FIGURES)].drop(columns=["detail"])
+    plots = [results_dir / PICTURES_DIR / "plots" / name for name in ("agreement_win_rates.png",
+                                                                      "agreement_metrics.png")]
+    images = "".join(f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>"
+                     for path in plots if path.exists())
+    return ("<p class='note'>From ratings.sqlite (<code>python -m harness rate</code>); every figure with its "
+            "raters and ratings. Win rate = preference share of the first method (tie = 1/2), 95% CI over sets; "
+            "Krippendorff's alpha over main items; consistency on repeated items (sides swapped); accuracy on gold "
+            "items. <a href='" + AGREEMENT_FILE + "'>" + AGREEMENT_FILE + "</a> has every figure.</p>"
+            + _table(human)
+            + "<p class='note'>Each metric against the human majority: pairwise accuracy on the same pairs (a metric "
+              "tie counts 1/2), Kendall tau between method rankings, Spearman rho over images.</p>"
+            + _table(metric_summary(table)) + f"<div class='plots'>{images}</div>")
+
+
 def render_report(results_dir: Path) -> str:
     long = pd.read_csv(results_dir / LEADERBOARD_LONG_FILE, dtype={"n": str})
     meta = read_json(results_dir / LEADERBOARD_META_FILE, default={})
@@ -224,6 +243,9 @@ def render_report(results_dir: Path) -> str:
                  if (results_dir / VALIDITY_FILE).exists() else "")
         images = "".join(f"<img src='{_rel(path, results_dir)}' alt='{html.escape(path.stem)}'>" for path in validity)
         body.append(_folded("Validity: metric vs the testbed's ground truth", table + f"<div class='plots'>{images}</div>"))
+
+    if (results_dir / AGREEMENT_FILE).exists():
+        body.append(_folded("Human ratings: agreement with people", agreement_section(results_dir)))
 
     body.append(_folded("Coverage", _table(coverage) if not coverage.empty else "<p>No images or scores yet.</p>"))
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.agreement import agreement_table, write_agreement
 from harness.pictures import write_pictures
+from harness.rating.export import export_human_scores, read_answers
 from harness.report import write_report
 from harness.scoring import score_results
 from harness.store import SCORES_DIR, SCORES_STEM, iter_images
@@ -24,20 +26,30 @@ class RunFailed(RuntimeError):
 
 
 def rebuild_outputs(results_dir: str | Path, tables_only: bool = False) -> dict[str, Path]:
-    """Rebuild every table (and, unless ``tables_only``, pictures and report) from the stored rows."""
+    """Rebuild every table (and, unless ``tables_only``, pictures and report) from the stored rows.
+
+    Human ratings (ratings.sqlite) are exported as metric ``human`` rows first, and agreement.csv follows them.
+    """
     results_dir = Path(results_dir)
+    export_human_scores(results_dir)
     paths = write_tables(results_dir)
     validity = None
     truth = GroundTruth.of(results_dir)
+    ids = lora_ids(iter_images(results_dir))
+    tidy = pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet")
     if truth is not None:
-        tidy = pd.read_parquet(results_dir / f"{SCORES_STEM}.parquet")
-        pairs = ground_truth_pairs(tidy, truth, lora_ids(iter_images(results_dir)))
+        pairs = ground_truth_pairs(tidy, truth, ids)
         if not pairs.empty:
             table = validity_table(pairs)
             paths["validity"] = write_validity(results_dir, table)
             validity = (pairs, table, str(truth))
+    agreement = None
+    answers = read_answers(results_dir)
+    if answers is not None and not answers.empty:
+        agreement = agreement_table(answers, tidy, ids)
+        paths["agreement"] = write_agreement(results_dir, agreement)
     if not tables_only:
-        paths.update(write_pictures(results_dir, validity))
+        paths.update(write_pictures(results_dir, validity, agreement))
         paths["report"] = write_report(results_dir)
     return paths
 
