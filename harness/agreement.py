@@ -115,6 +115,11 @@ def krippendorff_alphas(main: pd.DataFrame, value: str, level: str, rubric: str)
             continue
         data = matrix.to_numpy(dtype=float)
         missing = ""
+        if np.unique(data[~np.isnan(data)]).size < 2:
+            rows.append(_row("krippendorff_alpha", rubric, criterion, ALL_RATERS, n=pairable, raters=raters,
+                             ratings=ratings, missing="undefined: every rating has the same value (no variation "
+                                                       "to agree on)"))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -202,6 +207,7 @@ def human_pairs(votes: pd.DataFrame, scores: pd.DataFrame, rubric_name: str) -> 
 
 def pairwise_accuracy(pairs: pd.DataFrame, value_a: pd.Series, value_b: pd.Series) -> tuple[pd.DataFrame, int]:
     """Per decided pair: 1 when the metric prefers the human majority's image, 1/2 on a metric tie, else 0."""
+    value_a, value_b = (pd.to_numeric(v, errors="coerce").astype(float) for v in (value_a, value_b))
     both = value_a.notna() & value_b.notna()
     decided = both & (pairs["human"] != 0.5)
     human_a = pairs["human"] > 0.5

@@ -57,6 +57,8 @@ def _share(values: dict[str, float], prefix: str) -> float | None:
 
 def oracle_features(values: dict[str, float]) -> dict[str, float | None]:
     present, kept = _share(values, "present:"), _share(values, "kept:")
+    if present is None:  # a folder scored with all_present only
+        present = values.get("all_present")
     both = [v for k, v in values.items() if k.startswith(("present:", "kept:"))]
     return {"all_present": values.get("all_present"), "present": present, "kept": kept,
             "character": values.get("present:character"), "both": float(np.mean(both)) if both else None}
