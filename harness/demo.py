@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from harness.config import RunConfig
 from harness.paths import CONF_DIR, PROJECT_ROOT
+from harness.rating.cli import simulated_study
+from harness.rating.study import StudyError
 from harness.runner import run
 from harness.store import LEADERBOARD_FILE, read_testbed_info
 from harness.workflow import finish_results
@@ -60,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"{method}: {summary.failed_count} image(s) failed: "
                               + summary.line(0, config.settings.output_dir))
     output_dir = config.settings.output_dir
-    finish_results(output_dir, config.metrics)  # every method at once: one model load per metric
+    finish_results(output_dir, config.metrics, tables=False)  # every method at once: one model load per metric
+    if testbed == "toy":  # the oracle rates the images as three noisy raters -> agreement.csv (docs/rating.md)
+        try:
+            simulated_study(output_dir)
+        except StudyError as error:
+            print(f"demo: no simulated rating study ({error})")
+    finish_results(output_dir, {}, score=False)  # tables, validity, agreement, pictures, report
     leaderboard = output_dir / LEADERBOARD_FILE
     if leaderboard.exists():
         print(headline(leaderboard, read_testbed_info(output_dir).get("primary_columns") or []))

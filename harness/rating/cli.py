@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.agreement import METRIC_FIGURES, metric_summary
+from harness.paths import CONF_DIR, resolve_path
 from harness.rating.db import RatingsDB, RatingsError
 from harness.rating.export import read_answers
 from harness.rating.server import ServerError, create_app, serve
@@ -45,7 +46,7 @@ def study_spec(args: argparse.Namespace) -> StudySpec:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if args.study is None:
         return default_spec(name=args.name, **overrides)
-    spec = StudySpec.from_yaml(args.study)
+    spec = StudySpec.from_yaml(resolve_path(args.study))
     if not overrides and args.name is None:
         return spec
     data = {**spec.definition(), **overrides}
@@ -63,6 +64,17 @@ def open_study(results_dir: Path, spec: StudySpec) -> tuple[Study, RatingsDB]:
     db = RatingsDB.of(results_dir)
     db.register_study(study.name, study.rubric.name, study.rubric.version, spec.definition())
     return study, db
+
+
+ORACLE_STUDY = CONF_DIR / "rating" / "toy_oracle.yaml"
+
+
+def simulated_study(results_dir: Path, study_file: Path = ORACLE_STUDY, raters: int = 3,
+                    noise: float = 0.1) -> dict[str, int]:
+    """The oracle-rated study ``demo`` runs on the toy testbed (before its tables are rebuilt): rater -> answers
+    added (none on a rerun: every answer is there)."""
+    study, db = open_study(results_dir, StudySpec.from_yaml(study_file))
+    return simulate(study, results_dir, db, raters=raters, noise=noise)
 
 
 def rate_main(argv: list[str] | None = None) -> int:
