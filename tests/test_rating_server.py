@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
-from harness.rating.cli import agreement_main, open_study, rate_main
+from harness.rating.cli import agreement_main, open_study, rate_main, simulated_study
 from harness.rating.server import ServerError, check_port, create_app
 from harness.rating.study import StudySpec
 from harness.store import AGREEMENT_FILE, RATINGS_FILE
@@ -160,7 +160,7 @@ def test_simulated_study_then_agreement(folder: Path, capsys: pytest.CaptureFixt
     assert rate_main([str(folder), "--pairs", "merge:switch,composite:switch", "--items-per-rater", "all",
                       "--gold", "2", "--repeats", "4", "--simulate", "oracle", "--raters", "2",
                       "--noise", "0"]) == 0
-    assert agreement_main([str(folder), "--tables-only"]) == 0
+    assert agreement_main([str(folder)]) == 0
     printed = capsys.readouterr().out
     assert "krippendorff_alpha" in printed and "clip_t" in printed
     table = pd.read_csv(folder / AGREEMENT_FILE)
@@ -174,3 +174,27 @@ def test_simulated_study_then_agreement(folder: Path, capsys: pytest.CaptureFixt
     assert set(human["sub_metric"]) >= {"composition", "identity", "quality"} and set(human["status"]) == {"ok"}
     leaderboard = pd.read_csv(folder / "leaderboard.csv")
     assert "human/composition.mean" in leaderboard.columns
+    # the report's section, with its plots
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Human ratings: agreement with people" in page and AGREEMENT_FILE in page
+    for plot in ("agreement_win_rates.png", "agreement_metrics.png"):
+        assert (folder / "pictures" / "plots" / plot).exists() and f"plots/{plot}" in page
+
+
+def test_pointwise_study_simulated(folder: Path, capsys: pytest.CaptureFixture) -> None:
+    assert rate_main([str(folder), "--rubric", "pointwise", "--items-per-rater", "12", "--gold", "1",
+                      "--simulate", "oracle", "--raters", "2", "--noise", "0.2"]) == 0
+    assert agreement_main([str(folder), "--tables-only", "--all-metrics"]) == 0
+    printed = capsys.readouterr().out
+    assert "== pointwise-1: 2 raters" in printed and "mean_score" in printed
+    table = pd.read_csv(folder / AGREEMENT_FILE)
+    alpha = table[(table["figure"] == "krippendorff_alpha") & (table["criterion"] == "element_integration")]
+    assert alpha["n_raters"].item() == 2 and alpha["n"].item() == 12
+    scores = pd.read_parquet(folder / "scores.parquet")
+    assert "overall" in set(scores.loc[scores["metric"] == "human", "sub_metric"])
+
+
+def test_the_demo_study_runs_once(folder: Path) -> None:
+    added = simulated_study(folder, raters=2, noise=0.0)  # conf/rating/toy_oracle.yaml, as `demo` runs it
+    assert set(added) == {"oracle-1", "oracle-2"} and min(added.values()) > 0
+    assert simulated_study(folder, raters=2, noise=0.0) == {"oracle-1": 0, "oracle-2": 0}  # a rerun adds nothing

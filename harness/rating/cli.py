@@ -129,9 +129,9 @@ def format_agreement(table: pd.DataFrame, columns: list[str] | None = None) -> s
     human = table[~table["figure"].isin(METRIC_FIGURES)]
     for rubric, part in human.groupby("rubric", sort=True):
         main = part[part["figure"].isin(["win_rate", "mean_score"])]
-        lines.append(f"== {rubric}: {int(main['n_raters'].max() or 0)} raters, "
-                     f"{int(main.groupby('criterion')['n_ratings'].sum().max() or 0)} ratings per criterion "
-                     f"on main items")
+        raters = int(main["n_raters"].max()) if not main.empty else 0
+        ratings = int(main.groupby("criterion")["n_ratings"].sum().max()) if not main.empty else 0
+        lines.append(f"== {rubric}: {raters} raters, {ratings} ratings per criterion on main items")
         shown = part.assign(value=part["value"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
                             ci=[("" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]")
                                 for lo, hi in zip(part["ci_low"], part["ci_high"])])
