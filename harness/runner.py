@@ -10,6 +10,7 @@ killed run loses at most the image in flight. Scoring and tables are not this mo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import traceback
@@ -21,15 +22,17 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.devices import resolve_device
-from harness.io import atomic_write, stable_hash
+from harness.io import atomic_write, sha256_file, stable_hash
 from harness.lora import AdapterCache, LoraError, read_lora_state_dict
 from harness.methods import CompositionMethod, ImageContext
 from harness.paths import local_or_hub
 from harness.pipelines import cached_sha256, load_pipeline, model_identity
 from harness.prompts import truncation_report
-from harness.sampler import Sampler, SamplingSettings
+from harness.sampler import NonFiniteError, Sampler, SamplingSettings
 from harness.settings import ConfigError, RunSettings, Shard
-from harness.store import image_filename, new_set_metadata, set_folder, update_set_metadata, write_testbed_info
+from harness.store import (
+    image_filename, iter_set_metadata, new_set_metadata, set_folder, update_set_metadata, write_testbed_info,
+)
 from harness.testbeds import CompositionSet, Testbed
 
 log = logging.getLogger("harness.run")
@@ -166,8 +169,32 @@ class Runner:
             "device": self.device.split(":")[0], "batching": self.batching, "versions": library_versions(),
         }, 32)
 
+    def settings_signature(self) -> dict[str, Any]:
+        """What this run's images share whatever their set and seed: two runs into one label must agree on it."""
+        return {"method_key": self.method_key, "lora_scale": self.lora_scale, "sampling": vars(self.settings),
+                "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"), "dtype": self.dtype,
+                "batching": self.batching, "seed_mode": self.seed_mode, "model": self.model_identity,
+                "negative_prompt": self.testbed.negative_prompt}
+
+    def conflicting_settings(self) -> dict[str, tuple[Any, Any]]:
+        """Settings in which images already in this label's folder differ from this run: {name: (stored, now)}."""
+        now = self.settings_signature()
+        for metadata in iter_set_metadata(self.output_dir, self.method_label):
+            for record in metadata.get("images", {}).values():
+                stored = {"method_key": metadata["method"]["key"], **{name: record.get(name) for name in now
+                                                                      if name != "method_key"}}
+                stored = json.loads(json.dumps(stored))  # as stored: tuples became lists
+                differing = {name: (stored[name], value) for name, value in json.loads(json.dumps(now)).items()
+                             if stored[name] is not None and stored[name] != value}
+                if differing:
+                    return differing
+        return {}
+
     def folder(self, composition: CompositionSet) -> Path:
         return set_folder(self.output_dir, self.method_label, composition.id)
+
+    def folder_of_label(self) -> Path:
+        return self.folder(CompositionSet("", ())).parent
 
     def _method_info(self) -> dict[str, Any]:
         return {"name": self.method.name, "label": self.method_label, "key": self.method_key,
@@ -215,7 +242,7 @@ class Runner:
         for seed in seeds:
             key = self.image_key(composition, hashes, prompt, seed)
             record = metadata["images"].get(str(seed))
-            if record and record.get("key") == key and (folder / record["file"]).exists():
+            if record and record.get("key") == key and self._intact(folder, record):
                 summary.skipped += 1
                 progress.update(1)
                 continue
@@ -230,6 +257,10 @@ class Runner:
                 progress.update(len(remaining))
                 log.error(str(error))
                 return
+            except NonFiniteError as error:  # a known failure: one line, no traceback
+                log.error("%s seed %s failed: %s", composition.id, seed, error)
+                metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
+                summary.failed["non-finite latents"] += 1
             except Exception as error:  # one image failed; keep going with the others
                 log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
                 metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
@@ -249,7 +280,7 @@ class Runner:
         filename = image_filename(seed)
         atomic_write(folder / filename, lambda tmp: image.save(tmp, format="PNG"))
         return {
-            "file": filename, "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
+            "file": filename, "sha256": sha256_file(folder / filename), "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
             "prompt": prompt, "negative_prompt": self.testbed.negative_prompt,
             "truncation": self._truncation(sampler, prompt), "sampling": vars(self.settings),
             "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
@@ -257,6 +288,18 @@ class Runner:
             "plan": plan.describe(), "seconds": round(seconds, 4), "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+    @staticmethod
+    def _intact(folder: Path, record: dict[str, Any]) -> bool:
+        """The recorded image is on disk with the bytes it was written with (records before hashes: on disk)."""
+        path = folder / record["file"]
+        if not path.exists():
+            return False
+        if record.get("sha256") and sha256_file(path) != record["sha256"]:
+            log.warning("%s does not match the sha256 recorded when it was generated (changed or corrupt): "
+                        "generating it again", path)
+            return False
+        return True
 
     def _truncation(self, sampler: Sampler, prompt: str) -> dict[str, Any]:
         """Prompts over the encoder's length are cut silently by diffusers: record it, warn once."""
@@ -308,6 +351,13 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     write_testbed_info(settings.output_dir, testbed.analysis_info())
     runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
                     settings.batching, settings.seed_mode, settings.adapter_cache)
+    conflicts = runner.conflicting_settings()
+    if conflicts and not settings.overwrite:
+        described = "; ".join(f"{name}: {stored!r} there, {now!r} now" for name, (stored, now) in conflicts.items())
+        raise ConfigError(
+            f"{runner.folder_of_label()} already holds images made with other settings ({described}), and this run "
+            f"would replace them. Fix: give this run its own label (method.label={method_label}_<setting>; a Hydra "
+            f"sweep (-m) labels its points itself), or another output_dir, or pass overwrite=true to regenerate.")
     summary = RunSummary()
     started = time.perf_counter()
     with tqdm(total=len(sets) * len(seeds), desc=f"{method_label} on {testbed.name}", unit="img",

@@ -92,6 +92,10 @@ def per_sample_adapters(unet: torch.nn.Module, adapter_names: list[str]) -> Iter
             handle.remove()
 
 
+class NonFiniteError(RuntimeError):
+    """Sampling produced NaN or inf: the image is recorded as failed, never saved as a result."""
+
+
 class Sampler:
     """Generates images with a loaded pipeline. One instance per pipeline; not thread-safe."""
 
@@ -206,6 +210,10 @@ class Sampler:
             predictions = self.predict(step, model_input, timestep, text)
             noise = method.combine(step, predictions, settings.guidance_scale)
             latents = scheduler.step(noise, timestep, latents).prev_sample
+            if not torch.isfinite(latents).all():  # NaN/inf would decode to a black image scored as a result
+                raise NonFiniteError(f"the latents became non-finite (NaN or inf) at step {index + 1} of "
+                                     f"{settings.steps}: the image is not saved. Usual causes: a LoRA scale or "
+                                     "guidance scale far too large, or float16 overflow (try dtype=float32).")
         if self.batched_failed:
             plan.notes["batched_fallback"] = self.batched_failed
         return latents, plan
@@ -214,6 +222,9 @@ class Sampler:
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.pipe.vae
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteError("the VAE decoded non-finite pixels (NaN or inf): the image is not saved. Usual "
+                                 "cause: float16 overflow in the VAE (try dtype=float32 or an fp16-safe VAE).")
         pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 

@@ -68,6 +68,7 @@ class RunSettings:
     score: bool = True
     tables: bool = True
     progress: bool = True
+    overwrite: bool = False  # regenerate a label's images although they were made with other settings
 
     def __post_init__(self) -> None:
         if self.seed_mode not in SEED_MODES:

@@ -125,8 +125,14 @@ def write_set_metadata(folder: str | Path, metadata: dict[str, Any]) -> None:
     update_set_metadata(folder, lambda current: (current.clear(), current.update(metadata)), dict)
 
 
-def _metadata_files(results_dir: str | Path) -> list[Path]:
-    return sorted((Path(results_dir) / IMAGES_DIR).glob(f"*/*/{METADATA_FILE}"))
+def _metadata_files(results_dir: str | Path, method_label: str = "*") -> list[Path]:
+    return sorted((Path(results_dir) / IMAGES_DIR).glob(f"{method_label}/*/{METADATA_FILE}"))
+
+
+def iter_set_metadata(results_dir: str | Path, method_label: str) -> Iterator[dict[str, Any]]:
+    """Every set's metadata.json of one method label (e.g. to check what settings its images were made with)."""
+    for path in _metadata_files(results_dir, method_label):
+        yield read_json(path)
 
 
 @dataclass
