@@ -9,6 +9,7 @@ killed run loses at most the image in flight. Scoring and tables are not this mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from harness.devices import resolve_device
 from harness.io import atomic_write, sha256_file, stable_hash
-from harness.lora import AdapterCache, LoraError, read_lora_state_dict
+from harness.lora import AdapterCache, LoraError, lora_identity, read_lora_state_dict
 from harness.methods import CompositionMethod, ImageContext
 from harness.paths import local_or_hub
-from harness.pipelines import cached_sha256, load_pipeline, model_identity
-from harness.prompts import truncation_report
+from harness.pipelines import load_pipeline, model_identity
+from harness.prompts import phrase_survives, truncation_report
 from harness.sampler import NonFiniteError, Sampler, SamplingSettings
 from harness.settings import ConfigError, RunSettings, Shard
 from harness.store import (
@@ -108,12 +110,13 @@ def library_versions() -> dict[str, str]:
 
 
 def lora_hashes(composition: CompositionSet) -> dict[str, str]:
-    """sha256 of every LoRA file of the set; a missing file is a LoraError naming it."""
+    """What defines each LoRA of the set (its file's sha256, plus its adapter_config.json's where there is one);
+    a missing file is a LoraError naming it."""
     hashes = {}
     for lora in composition.loras:
         if not lora.path.exists():
             read_lora_state_dict(lora)  # raises the one-paragraph "file not found" error
-        hashes[lora.id] = cached_sha256(lora.path)
+        hashes[lora.id] = lora_identity(lora)
     return hashes
 
 
@@ -122,12 +125,13 @@ class Runner:
 
     def __init__(self, testbed: Testbed, method: CompositionMethod, method_label: str, output_dir: Path,
                  device: str = "auto", dtype: str | None = None, batching: str = "auto", seed_mode: str = "per_set",
-                 adapter_cache: int = 32) -> None:
+                 adapter_cache: int = 32, lora_min_applied: float = 0.9) -> None:
         self.testbed, self.method, self.method_label = testbed, method, method_label
         self.output_dir = Path(output_dir)
         self.device = resolve_device(device)
         self.dtype = dtype or testbed.model.get("dtype", "float32")
         self.batching, self.seed_mode, self.adapter_cache_size = batching, seed_mode, adapter_cache
+        self.lora_min_applied = lora_min_applied
         sampling = testbed.sampling
         self.settings = SamplingSettings(int(sampling["steps"]), float(sampling["guidance_scale"]),
                                          int(sampling["height"]), int(sampling["width"]))
@@ -144,7 +148,8 @@ class Runner:
     def model_identity(self) -> dict[str, str]:
         if self._model_identity is None:
             model = self.testbed.model
-            self._model_identity = model_identity(local_or_hub(model["base"]), local_or_hub(model.get("vae")))
+            self._model_identity = model_identity(local_or_hub(model["base"]), local_or_hub(model.get("vae")),
+                                                  local_or_hub(model.get("single_file_config")))
         return self._model_identity
 
     def sampler(self) -> Sampler:
@@ -154,7 +159,7 @@ class Runner:
                                  scheduler=model.get("scheduler", "dpmsolver++"), dtype=self.dtype, device=self.device,
                                  single_file_config=model.get("single_file_config"))
             self._sampler = Sampler(pipe, batching=self.batching)
-            self._adapters = AdapterCache(pipe, capacity=self.adapter_cache_size)
+            self._adapters = AdapterCache(pipe, capacity=self.adapter_cache_size, min_applied=self.lora_min_applied)
         return self._sampler
 
     # -- keys and records ------------------------------------------------------------------------------
@@ -262,6 +267,8 @@ class Runner:
                 metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
                 summary.failed["non-finite latents"] += 1
             except Exception as error:  # one image failed; keep going with the others
+                if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                    raise  # a full disk fails every image alike: stop (what was written stays valid)
                 log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
                 metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
                 summary.failed[type(error).__name__] += 1
@@ -269,7 +276,8 @@ class Runner:
 
     def generate(self, composition: CompositionSet, prompt: str, seed: int, key: str, folder: Path) -> dict[str, Any]:
         sampler = self.sampler()
-        self._adapters.ensure(list(composition.loras))
+        self._check_triggers_survive(sampler, composition, prompt)
+        load_reports = self._adapters.ensure(list(composition.loras))
         sampler.adapters.forget()
         context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
                                sampler.importance_embedder(self.method))
@@ -285,7 +293,8 @@ class Runner:
             "truncation": self._truncation(sampler, prompt), "sampling": vars(self.settings),
             "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
             "dtype": self.dtype, "device": self.device, "batching": self.batching, "model": self.model_identity,
-            "plan": plan.describe(), "seconds": round(seconds, 4), "versions": library_versions(),
+            "plan": plan.describe(), "lora_load": load_reports, "seconds": round(seconds, 4),
+            "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
@@ -295,11 +304,33 @@ class Runner:
         path = folder / record["file"]
         if not path.exists():
             return False
-        if record.get("sha256") and sha256_file(path) != record["sha256"]:
+        if record.get("sha256"):
+            if sha256_file(path) == record["sha256"]:
+                return True
             log.warning("%s does not match the sha256 recorded when it was generated (changed or corrupt): "
                         "generating it again", path)
             return False
-        return True
+        try:  # a record from before hashes were kept: at least the file must be a readable image
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except (OSError, ValueError, SyntaxError):
+            log.warning("%s is not a readable image: generating it again", path)
+            return False
+
+    def _check_triggers_survive(self, sampler: Sampler, composition: CompositionSet, prompt: str) -> None:
+        """A prompt cut by the encoder's token limit before every trigger phrase of a LoRA never activates it:
+        that is a failed image, not a normal one."""
+        tokenizer = sampler.pipe.tokenizer
+        if truncation_report(tokenizer, prompt) is None:
+            return
+        lost = [lora.id for lora in composition.loras
+                if lora.trigger and not any(phrase_survives(tokenizer, prompt, p) for p in lora.trigger)]
+        if lost:
+            raise LoraError(f"set {composition.id}: the prompt has more tokens than the text encoder reads "
+                            f"({tokenizer.model_max_length}), and it cuts off every trigger phrase of {lost}, so "
+                            "those LoRAs would never be activated. Fix: shorten the testbed's prompt or "
+                            "prompt_template, or put {triggers} earlier in it.")
 
     def _truncation(self, sampler: Sampler, prompt: str) -> dict[str, Any]:
         """Prompts over the encoder's length are cut silently by diffusers: record it, warn once."""
@@ -335,12 +366,13 @@ class Runner:
 
 
 def _short_reason(reason: str) -> str:
-    """A summary label: the error's first clause, without paths."""
+    """A summary label: the error's first sentence, at most ~80 characters, cut between words."""
     text = reason.split(". ")[0]
-    for marker in ("file not found", "cannot read", "does not fit", "none of its", "no trigger phrase"):
+    for marker in ("file not found", "cannot read", "does not fit", "none of its", "no trigger phrase",
+                   "cuts off every trigger phrase", "not supported"):
         if marker in text:
             return marker
-    return text[:60]
+    return text if len(text) <= 80 else text[:80].rsplit(" ", 1)[0] + " ..."
 
 
 def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings: RunSettings) -> RunSummary:
@@ -350,7 +382,7 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     seeds = list(settings.seeds) if settings.seeds is not None else testbed.seeds
     write_testbed_info(settings.output_dir, testbed.analysis_info())
     runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
-                    settings.batching, settings.seed_mode, settings.adapter_cache)
+                    settings.batching, settings.seed_mode, settings.adapter_cache, settings.lora_min_applied)
     conflicts = runner.conflicting_settings()
     if conflicts and not settings.overwrite:
         described = "; ".join(f"{name}: {stored!r} there, {now!r} now" for name, (stored, now) in conflicts.items())

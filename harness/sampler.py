@@ -190,7 +190,14 @@ class Sampler:
         if len(plan.steps) != settings.steps:
             raise ValueError(f"method {method.name} planned {len(plan.steps)} steps, expected {settings.steps}")
 
-        # 1. prompts, with the text-encoder LoRA state the method asked for
+        # 1. prompts, with the text-encoder LoRA state the method asked for (the plan records only the adapters
+        #    that have text-encoder weights: the others leave the encoder unchanged)
+        with_weights = set(pipe.get_list_adapters().get("text_encoder", []))
+        without = sorted(set(plan.text_encoder_adapters) - with_weights)
+        if without:
+            plan.notes["no_text_encoder_weights"] = without
+            plan.text_encoder_adapters = {name: weight for name, weight in plan.text_encoder_adapters.items()
+                                          if name in with_weights}
         self.adapters.set_text_encoder(plan.text_encoder_adapters)
         text = torch.cat([self.encode(negative_prompt), self.encode(context.prompt)]).to(dtype)
 

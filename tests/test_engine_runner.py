@@ -100,7 +100,8 @@ def test_missing_lora_fails_its_set_with_reason_and_keeps_going(tiny_testbed_dir
 
 def test_metadata_records_schedule_weights_and_truncation(tiny_testbed_dir, tmp_path):
     long_prompt = "a picture, " + ", ".join(f"word{i}" for i in range(60))
-    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt)
+    # the triggers come first, so the encoder still reads them: the cut-off words are recorded, not fatal
+    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt, prompt_template="{triggers}, {prompt}")
     sets = select_sets(testbed.sets(), n=[3], limit=1)
     run_sets(make_runner(testbed, tmp_path, "w_switch", interval=2), sets)
     record = next(iter_images(tmp_path)).metadata
@@ -143,3 +144,13 @@ def test_limit_per_n_is_an_even_stratified_subset(tiny_testbed_dir):
     assert [s.n for s in chosen] == [2, 2, 3, 3]
     of_two = [s for s in sets if s.n == 2]
     assert chosen[0] == of_two[0] and chosen[1] == of_two[len(of_two) // 2]
+
+
+def test_a_prompt_cut_before_every_trigger_fails_the_set(tiny_testbed_dir, tmp_path):
+    long_prompt = "a picture, " + ", ".join(f"word{i}" for i in range(60))
+    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt)  # "{prompt}, {triggers}": triggers past 77 tokens
+    sets = select_sets(testbed.sets(), n=[2], limit=1)
+    summary = run_sets(make_runner(testbed, tmp_path, "merge"), sets)
+    assert summary.generated == 0 and not list(iter_images(tmp_path))
+    failure = read_json(next(tmp_path.rglob("metadata.json")))["failed"]["0"]
+    assert "cuts off every trigger phrase" in failure["reason"] and "Fix" in failure["reason"]
