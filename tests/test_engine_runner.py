@@ -13,7 +13,7 @@ from tqdm import tqdm
 from harness.io import read_json
 from harness.records import iter_failures, iter_images
 from harness.runner import RunSummary, image_seed, select_sets
-from tests.engine_support import make_runner, tiny_testbed
+from engine_support import make_runner, tiny_testbed
 
 
 def run_sets(runner, sets, seeds=(0,)):
