@@ -215,7 +215,6 @@ def test_oracle_from_another_version_is_refused_with_the_fix(tmp_path):
     assert config["heads"] == [[c, i, list(head_classes(c, i))] for c, i in HEADS]
 
 
-@pytest.mark.slow
 def test_base_training_options_each_change_the_trained_unet():
     import torch
 

@@ -140,7 +140,6 @@ def test_unet_only_lora_has_no_text_encoder_keys(tiny_base, tmp_path):
     assert {key.rsplit(".", 2)[-2] for key in keys} == {"lora_A", "lora_B"}
 
 
-@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
@@ -284,7 +283,6 @@ def _lora_norms(trained, parts: tuple[str, ...] = ("unet", "text_encoder")) -> d
     return norms
 
 
-@pytest.mark.slow
 def test_loraplus_trains_the_b_matrices_faster_and_is_recorded(tiny_base):
     runs = {ratio: fit_lora(tiny_base, EXAMPLES, rank=4, steps=5, learning_rate=1e-3, train_text_encoder=True,
                             loraplus_lr_ratio=ratio, **QUICK) for ratio in (None, 16.0)}
@@ -294,7 +292,6 @@ def test_loraplus_trains_the_b_matrices_faster_and_is_recorded(tiny_base):
     assert runs[16.0].record["loraplus_lr_ratio"] == 16.0 and runs[None].record["loraplus_lr_ratio"] is None
 
 
-@pytest.mark.slow
 def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tiny_base):
     runs = {rate: fit_lora(tiny_base, EXAMPLES, rank=4, steps=5, learning_rate=1e-3, train_text_encoder=True,
                            text_encoder_learning_rate=rate, **QUICK) for rate in (None, 1e-2)}
@@ -305,7 +302,6 @@ def test_text_encoder_learning_rate_applies_to_the_text_encoder_only(tiny_base):
     assert runs[1e-2].record["text_encoder_learning_rate"] == 1e-2
 
 
-@pytest.mark.slow
 def test_warmup_starts_the_learning_rates_near_zero(tiny_base):
     runs = {warmup: fit_lora(tiny_base, EXAMPLES, rank=4, steps=3, learning_rate=1e-3, train_text_encoder=True,
                              warmup_steps=warmup, **QUICK) for warmup in (0, 1000)}
@@ -360,7 +356,6 @@ def test_uncond_anchor_holds_the_empty_prompt_to_the_base_model(tiny_base):
     assert runs[10.0].record["uncond_anchor"] == 10.0 and runs[0.0].record["uncond_anchor"] == 0.0
 
 
-@pytest.mark.slow
 def test_reported_losses_are_the_denoising_loss_without_the_anchor_term(tiny_base):
     seen: list[float] = []
     fit_lora(tiny_base, EXAMPLES, rank=4, steps=4, learning_rate=1e-2, train_text_encoder=True, uncond_anchor=1e7,
