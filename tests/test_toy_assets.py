@@ -56,6 +56,7 @@ def test_committed_base_is_the_builds_model(pipe):
     assert as_json(base_model.build_unet().config) == as_json(pipe.unet.config)
 
 
+@pytest.mark.slow
 def test_every_lora_loads_and_changes_the_image(pipe):
     prompt = "a picture, red circle figure"
     before = _image(pipe, prompt)

@@ -11,6 +11,7 @@ from harness.__main__ import main
 from harness.toy import base_model, build, lora_recipe, world
 
 
+@pytest.mark.slow
 def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "lora_info.json").read_text()) == world.manifest()
@@ -38,6 +39,7 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert redone == {c.id for number, c in enumerate(world.CONCEPTS) if number % 2 == 1}
 
 
+@pytest.mark.slow
 def test_a_failing_second_build_process_is_reported_with_the_fix(tmp_path, capfd):
     # the oracle phase runs in the second process; without a VAE it stops with its own error
     with pytest.raises(SystemExit, match="second build process \\(oracle\\) failed"):

@@ -13,6 +13,7 @@ import toy_lora_recipe  # noqa: E402
 LORAS = Path(__file__).parents[1] / "testbed" / "toy" / "lora"
 
 
+@pytest.mark.slow
 def test_a_retrained_lora_is_measured_without_touching_the_committed_one(tmp_path, capsys):
     committed = LORAS / "object_2.safetensors"
     before = committed.stat().st_mtime_ns
@@ -33,6 +34,7 @@ def test_an_unknown_lora_id_names_the_known_ones(tmp_path, capsys):
     assert "object_9" in err and "character_1" in err
 
 
+@pytest.mark.slow
 def test_no_text_encoder_trains_a_unet_only_lora(tmp_path):
     from safetensors import safe_open
 
@@ -50,6 +52,7 @@ def test_the_testbed_s_own_lora_folder_is_refused_as_scratch(capsys):
     assert (LORAS / "object_2.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_trainer_options_reach_the_retrained_file(tmp_path):
     import json
 
@@ -75,6 +78,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
         assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
 
 
+@pytest.mark.slow
 def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
     import json
 
@@ -89,6 +93,7 @@ def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
     assert all(rate in (0.0, 1.0) for rate in named.values())  # one image each: drawn or not
 
 
+@pytest.mark.slow
 def test_toy_quality_variants_measures_every_generic_variant_of_a_slot(tmp_path):
     import json
 

@@ -354,6 +354,7 @@ def _empty_prompt_drift(pipe) -> float:
     return torch.nn.functional.mse_loss(with_lora, base).item()
 
 
+@pytest.mark.slow
 def test_uncond_anchor_holds_the_empty_prompt_to_the_base_model(tiny_base):
     runs = {weight: fit_lora(tiny_base, EXAMPLES, rank=4, steps=20, learning_rate=1e-2, train_text_encoder=True,
                              uncond_anchor=weight, **QUICK) for weight in (0.0, 10.0)}
@@ -377,6 +378,7 @@ def _with_alpha(image: Image.Image, opaque: tuple[slice, slice] | None) -> Image
     return Image.fromarray(np.dstack([np.asarray(image), alpha]))
 
 
+@pytest.mark.slow
 def test_alpha_mask_weights_the_loss_by_the_alpha_channel(tiny_base):
     def losses(examples, alpha_mask):
         seen: list[float] = []
