@@ -48,8 +48,11 @@ def mean_differences(reference: Path, candidate: Path) -> pd.Series:
     b = pd.read_csv(candidate / LEADERBOARD_FILE, dtype={"n": str}).set_index(index)
     columns = [c for c in a.columns if c.endswith(".mean") and c in b.columns]
     shared = a.index.intersection(b.index)
-    difference = (a.loc[shared, columns] - b.loc[shared, columns]).abs().stack()
-    return difference
+    left, right = a.loc[shared, columns].astype(float), b.loc[shared, columns].astype(float)
+    difference = (left - right).abs()
+    difference = difference.mask(left.isna() & right.isna(), 0.0)  # missing on both sides agrees
+    difference = difference.mask(left.isna() != right.isna(), float("inf"))  # missing on one side does not
+    return difference.stack()
 
 
 def main(argv: list[str] | None = None) -> int:

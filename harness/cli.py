@@ -29,7 +29,7 @@ USER_ERRORS = (ConfigError, TestbedError, FileNotFoundError)
 
 
 def _exit_with(error: Exception, code: int = 2) -> None:
-    """One line for a user's mistake; the traceback only with HYDRA_FULL_ERROR=1 (or --debug for argparse commands)."""
+    """One line for a user's mistake; with HYDRA_FULL_ERROR=1 the error is raised with its traceback instead."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     print(f"error: {error}", file=sys.stderr)
