@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean-results
+.PHONY: install demo test test-fast bench clean-results
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q -p no:warnings
+
+# the same without the tests marked slow (model training and builds, CLI subprocesses): for quick iteration
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -q -p no:warnings -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m harness bench

@@ -6,12 +6,16 @@ the layer below, and reports problems as one ``error: ...`` line with exit code 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.config import RunConfig, metric_config, selected_metrics
@@ -24,9 +28,17 @@ from harness.workflow import RunFailed, finish_results, rebuild_outputs
 USER_ERRORS = (ConfigError, TestbedError, FileNotFoundError)
 
 
-def _exit_with(error: Exception) -> None:
+def _exit_with(error: Exception, code: int = 2) -> None:
+    """One line for a user's mistake; with HYDRA_FULL_ERROR=1 the error is raised with its traceback instead."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _disk_full(error: OSError) -> OSError:
+    return OSError(error.errno, f"the disk is full ({error.filename or 'writing results'}). Everything written "
+                                f"before is intact. Fix: free space, then rerun the same command: it resumes")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -36,13 +48,23 @@ def run_app(cfg: DictConfig) -> None:
         config = RunConfig.from_hydra(cfg)
     except USER_ERRORS as error:
         _exit_with(error)
-    summary = run(config.testbed, config.method, config.method_label, config.settings)
     settings = config.settings
-    finish_results(settings.output_dir, config.metrics, methods=[config.method_label], score=settings.score,
-                   tables=settings.tables, progress=settings.progress)
+    try:
+        summary = run(config.testbed, config.method, config.method_label, settings)
+        finish_results(settings.output_dir, config.metrics, methods=[config.method_label], score=settings.score,
+                       tables=settings.tables, progress=settings.progress)
+    except USER_ERRORS as error:
+        _exit_with(error)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        _exit_with(_disk_full(error), 1)
     if summary.failed:
-        raise RunFailed(f"{summary.failed_count} image(s) failed: " + summary.line(0, settings.output_dir)
-                        + ". Reasons are in each set's metadata.json under 'failed'; rerun to retry them.")
+        failure = RunFailed(f"{summary.failed_count} image(s) failed: " + summary.line(0, settings.output_dir)
+                            + ". Reasons are in each set's metadata.json under 'failed'; rerun to retry them.")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise failure  # Hydra reports the failed sweep point
+        _exit_with(failure, 1)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -58,6 +80,10 @@ def score_app(cfg: DictConfig) -> None:
                        progress=bool(cfg.get("progress", True)))
     except USER_ERRORS as error:
         _exit_with(error)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        _exit_with(_disk_full(error), 1)
 
 
 def _hydra_app(app: object, name: str, argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.methods import METHODS, CompositionMethod
+from harness.methods import CompositionMethod, build_method
 from harness.paths import CONF_DIR, resolve_path
 from harness.settings import ConfigError, RunSettings, Shard
 from harness.testbeds import Testbed, load_testbed
@@ -78,7 +78,38 @@ def run_settings(cfg: DictConfig) -> RunSettings:
         limit_per_n=cfg.get("limit_per_n"), shard=Shard.parse(cfg.shard), device=cfg.device, dtype=cfg.dtype,
         batching=cfg.batching, adapter_cache=cfg.adapter_cache, score=bool(cfg.get("score", True)),
         tables=bool(cfg.get("tables", True)), progress=bool(cfg.get("progress", True)),
+        overwrite=bool(cfg.get("overwrite", False)), lora_min_applied=float(cfg.get("lora_min_applied", 0.9)),
     )
+
+
+# Overrides that do not change an image: they never name a sweep point.
+NOT_IMAGE_SETTINGS = ("method", "testbed", "metric", "output_dir", "seeds", "n", "sets", "limit", "limit_per_n",
+                      "shard", "score", "tables", "progress", "overwrite", "adapter_cache", "lora_min_applied",
+                      "method.label")
+
+
+def sweep_label(label: str, overrides: list[str]) -> str:
+    """A sweep point's label: the method's label plus the settings this job overrides that change images
+    (``single`` + ``testbed.sampling.lora_scale=0.4`` -> ``single_lora_scale=0.4``), so the points of a
+    ``-m`` sweep never share a folder."""
+    parts = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in NOT_IMAGE_SETTINGS or key.startswith(("hydra", "metrics.")):
+            continue
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return "_".join([label, *parts]).replace("/", "-")
+
+
+def _hydra_job_overrides() -> tuple[bool, list[str]]:
+    """(is this a multirun job, this job's command-line overrides); (False, []) outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False, []
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN, list(hydra_cfg.overrides.task)
 
 
 @dataclass
@@ -96,6 +127,13 @@ class RunConfig:
         settings = run_settings(cfg)
         method_settings = OmegaConf.to_container(cfg.method, resolve=True)
         name, label = method_settings.pop("name"), method_settings.pop("label", None)
-        method = METHODS.get(name)(**method_settings)
+        try:
+            method = build_method(name, method_settings)
+        except (KeyError, ValueError) as error:
+            raise ConfigError(str(error).strip('"')) from None
         testbed = load_testbed_config(OmegaConf.to_container(cfg.testbed, resolve=True))
-        return cls(testbed, method, label or name, settings, selected_metrics(cfg))
+        label = label or name
+        multirun, overrides = _hydra_job_overrides()
+        if multirun and not any(o.lstrip("+").startswith("method.label=") for o in overrides):
+            label = sweep_label(label, overrides)
+        return cls(testbed, method, label, settings, selected_metrics(cfg))

@@ -8,6 +8,7 @@ Formats: diffusers (``unet.<module>.lora_A.weight``), kohya / Civitai (``lora_un
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,13 @@ import torch
 
 from harness.pipelines import cached_sha256
 
+log = logging.getLogger("harness.lora")
+
 PEFT_PREFIX = "base_model.model."
+# LyCORIS files (LoHa, LoKr, ...) carry these keys; diffusers loads only plain LoRA.
+LYCORIS_MARKERS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", ".oft_blocks": "OFT",
+                   "diff_b": "a full-weight difference (LyCORIS 'full')"}
+DOWN_WEIGHT_SUFFIXES = ("lora_A.weight", "lora_down.weight")
 UNET_MODULE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out",
                         "time_embedding.", "add_embedding.", "class_embedding.")
 
@@ -63,9 +70,44 @@ def read_lora_state_dict(spec: LoraSpec) -> dict[str, torch.Tensor]:
             f"LoRA {spec.id!r} ({spec.name}): cannot read {spec.path} ({type(error).__name__}: {error}). "
             "The file is corrupt or not a LoRA checkpoint. Fix: download it again and check its sha256."
         ) from error
+    for marker, kind in LYCORIS_MARKERS.items():
+        if any(marker in key for key in state):
+            raise LoraError(
+                f"LoRA {spec.id!r} ({spec.name}) at {spec.path} is a {kind} file (LyCORIS), not a plain LoRA: "
+                "not supported. Fix: use a plain LoRA of the concept, or convert it to a LoRA (e.g. extract one "
+                "with kohya's `extract_lora_from_models.py` from a model with the LyCORIS weights merged).")
     if any(key.startswith(PEFT_PREFIX) for key in state):
         state = convert_peft_state_dict(state, spec.path)
     return state
+
+
+def lora_identity(spec: LoraSpec) -> str:
+    """What defines a LoRA's effect: its weights file, plus a PEFT ``adapter_config.json`` beside it (its
+    ``lora_alpha`` scales the weights), so editing either regenerates the images made with it."""
+    config_file = spec.path.with_name("adapter_config.json")
+    if config_file.exists():
+        return f"{cached_sha256(spec.path)}+{cached_sha256(config_file)}"
+    return cached_sha256(spec.path)
+
+
+def layers_in_file(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """How many layers the file has a LoRA for, per part (one down/A matrix per layer)."""
+    counts = {"unet": 0, "text_encoder": 0}
+    for key in state:
+        if key.endswith(DOWN_WEIGHT_SUFFIXES):
+            part = "unet" if key.startswith(("unet.", "lora_unet_")) else "text_encoder"
+            counts[part] += 1
+    return counts
+
+
+def layers_applied(pipe: Any, adapter: str) -> dict[str, int]:
+    """How many layers of each part of the pipeline carry ``adapter``."""
+    counts = {}
+    for part in ("unet", "text_encoder"):
+        model = getattr(pipe, part)
+        counts[part] = sum(1 for module in model.modules()
+                           if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}))
+    return counts
 
 
 def convert_peft_state_dict(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -89,8 +131,10 @@ def adapters_loaded(pipe: Any) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
 
-def load_adapter(pipe: Any, spec: LoraSpec) -> str:
-    """Load ``spec`` as adapter ``spec.id`` into the pipeline's UNet (and text encoder); returns its sha256."""
+def load_adapter(pipe: Any, spec: LoraSpec, min_applied: float = 0.9) -> dict[str, Any]:
+    """Load ``spec`` as adapter ``spec.id`` into the pipeline's UNet (and text encoder); returns its load
+    report: layers in the file and layers applied, per part. A part of which less than ``min_applied`` of the
+    file's layers found a layer of the base model is an error (a LoRA for another model would half-work)."""
     state = read_lora_state_dict(spec)
     try:
         pipe.load_lora_weights(state, adapter_name=spec.id)
@@ -115,27 +159,41 @@ def load_adapter(pipe: Any, spec: LoraSpec) -> str:
             "the base model, so it would do nothing. Fix: check that it is an SD1.5 LoRA (keys such as "
             "'unet.<module>.lora_A.weight' or 'lora_unet_<module>.lora_down.weight')."
         )
-    return cached_sha256(spec.path)
+    in_file, applied = layers_in_file(state), layers_applied(pipe, spec.id)
+    report = {"sha256": cached_sha256(spec.path), "layers_in_file": in_file, "layers_applied": applied}
+    short = {part: in_file[part] - applied[part] for part in in_file if applied[part] < in_file[part]}
+    if short:
+        described = "; ".join(f"{part}: {applied[part]} of {in_file[part]} layers applied" for part in short)
+        if any(applied[part] < min_applied * in_file[part] for part in short):
+            pipe.delete_adapters(spec.id)
+            raise LoraError(
+                f"LoRA {spec.id!r} ({spec.name}) at {spec.path} matches the base model only in part ({described}; "
+                f"the rest name layers it does not have). It was probably made for another base model. Fix: use "
+                f"a LoRA for this base model, or lower lora_min_applied (now {min_applied}) to accept it.")
+        log.warning("LoRA %s: %s; the rest of its layers match no layer of the base model and are ignored "
+                    "(recorded in each image's metadata under 'lora_load').", spec.id, described)
+    return report
 
 
 class AdapterCache:
     """Keeps up to ``capacity`` adapters loaded across sets, so a sweep does not reload files per set."""
 
-    def __init__(self, pipe: Any, capacity: int = 32) -> None:
+    def __init__(self, pipe: Any, capacity: int = 32, min_applied: float = 0.9) -> None:
         self.pipe = pipe
         self.capacity = capacity
-        self.hashes: dict[str, str] = {}  # adapter id -> sha256, in load order (oldest first)
+        self.min_applied = min_applied
+        self.reports: dict[str, dict[str, Any]] = {}  # adapter id -> load report, in load order (oldest first)
 
-    def ensure(self, specs: list[LoraSpec]) -> dict[str, str]:
-        """Make sure every spec is loaded; returns id -> sha256 for them. Raises LoraError on bad input."""
+    def ensure(self, specs: list[LoraSpec]) -> dict[str, dict[str, Any]]:
+        """Make sure every spec is loaded; returns id -> load report for them. Raises LoraError on bad input."""
         wanted = {spec.id for spec in specs}
         for spec in specs:
-            if spec.id in self.hashes:
-                self.hashes[spec.id] = self.hashes.pop(spec.id)  # mark as recently used
+            if spec.id in self.reports:
+                self.reports[spec.id] = self.reports.pop(spec.id)  # mark as recently used
                 continue
-            while len(self.hashes) >= self.capacity:
-                oldest = next(adapter for adapter in self.hashes if adapter not in wanted)
+            while len(self.reports) >= self.capacity:
+                oldest = next(adapter for adapter in self.reports if adapter not in wanted)
                 self.pipe.delete_adapters(oldest)
-                del self.hashes[oldest]
-            self.hashes[spec.id] = load_adapter(self.pipe, spec)
-        return {spec.id: self.hashes[spec.id] for spec in specs}
+                del self.reports[oldest]
+            self.reports[spec.id] = load_adapter(self.pipe, spec, self.min_applied)
+        return {spec.id: self.reports[spec.id] for spec in specs}

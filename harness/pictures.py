@@ -55,6 +55,15 @@ def _fit(path: Path, size: int) -> Image.Image:
     return image.resize(new_size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
 
 
+def _readable(path: Path | None, size: int) -> Image.Image | None:
+    if path is None:
+        return None
+    try:
+        return _fit(path, size)
+    except (OSError, ValueError, SyntaxError):  # PIL's errors for a truncated or garbage file
+        return None
+
+
 def label_width(labels: list[str]) -> int:
     """Pixels for the row labels: the widest label plus a margin (set ids can be long)."""
     font = _font(15)
@@ -78,11 +87,12 @@ def labelled_grid(title: str, column_labels: list[str], rows: list[tuple[str, li
         draw.text((6, top + cell // 2 - 8), label, fill=(0, 0, 0), font=font)
         for column, path in enumerate(paths):
             left = left_margin + column * cell
-            if path is None:
+            image = _readable(path, cell - 4)
+            if image is None:  # not generated (failed), or a file PIL cannot read (corrupt): a grey cell says so
                 draw.rectangle([left + 2, top + 2, left + cell - 3, top + cell - 3], fill=MISSING_FILL)
-                draw.text((left + 8, top + cell // 2 - 6), "missing", fill=(120, 120, 120), font=small)
+                note = "missing" if path is None else "unreadable"
+                draw.text((left + 8, top + cell // 2 - 6), note, fill=(120, 120, 120), font=small)
             else:
-                image = _fit(path, cell - 4)
                 offset = ((cell - 4 - image.width) // 2, (cell - 4 - image.height) // 2)
                 canvas.paste(image, (left + 2 + offset[0], top + 2 + offset[1]))
     return canvas

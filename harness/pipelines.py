@@ -146,8 +146,10 @@ def cached_sha256(path: str | Path) -> str:
     return memo[memo_key]
 
 
-def model_identity(base: str | Path, vae: str | Path | None = None) -> dict[str, str]:
-    """What identifies the weights: file hashes for local models, the id for hub models."""
+def model_identity(base: str | Path, vae: str | Path | None = None,
+                   single_file_config: str | Path | None = None) -> dict[str, str]:
+    """What identifies the weights: file hashes for local models, the id for hub models; a single-file
+    checkpoint's config folder is part of it (the same file under another config is another model)."""
 
     def identify(source: str | Path) -> str:
         path = Path(str(source)).expanduser()
@@ -161,4 +163,7 @@ def model_identity(base: str | Path, vae: str | Path | None = None) -> dict[str,
     identity = {"base": str(base), "base_hash": identify(base)}
     if vae:
         identity.update(vae=str(vae), vae_hash=identify(vae))
+    if single_file_config:
+        identity.update(single_file_config=str(single_file_config),
+                        single_file_config_hash=identify(single_file_config))
     return identity

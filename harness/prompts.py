@@ -34,6 +34,14 @@ def token_count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, truncation=False)["input_ids"])
 
 
+def phrase_survives(tokenizer: Any, text: str, phrase: str) -> bool:
+    """Whether ``phrase``'s tokens appear in the part of ``text`` the encoder keeps (its first
+    ``model_max_length`` tokens, start and end tokens included)."""
+    ids = tokenizer(text, truncation=False)["input_ids"][: tokenizer.model_max_length - 1]
+    wanted = tokenizer(phrase, truncation=False, add_special_tokens=False)["input_ids"]
+    return any(ids[start:start + len(wanted)] == wanted for start in range(len(ids) - len(wanted) + 1))
+
+
 def truncation_report(tokenizer: Any, text: str) -> dict[str, Any] | None:
     """None if the text fits the encoder; else how many tokens it has and what gets cut off."""
     limit = tokenizer.model_max_length

@@ -9,7 +9,9 @@ killed run loses at most the image in flight. Scoring and tables are not this mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import time
 import traceback
@@ -18,18 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from harness.devices import resolve_device
-from harness.io import atomic_write, stable_hash
-from harness.lora import AdapterCache, LoraError, read_lora_state_dict
+from harness.io import atomic_write, sha256_file, stable_hash
+from harness.lora import AdapterCache, LoraError, lora_identity, read_lora_state_dict
 from harness.methods import CompositionMethod, ImageContext
 from harness.paths import local_or_hub
-from harness.pipelines import cached_sha256, load_pipeline, model_identity
-from harness.prompts import truncation_report
-from harness.sampler import Sampler, SamplingSettings
+from harness.pipelines import load_pipeline, model_identity
+from harness.prompts import phrase_survives, truncation_report
+from harness.sampler import NonFiniteError, Sampler, SamplingSettings
 from harness.settings import ConfigError, RunSettings, Shard
-from harness.store import image_filename, new_set_metadata, set_folder, update_set_metadata, write_testbed_info
+from harness.store import (
+    image_filename, iter_set_metadata, new_set_metadata, set_folder, update_set_metadata, write_testbed_info,
+)
 from harness.testbeds import CompositionSet, Testbed
 
 log = logging.getLogger("harness.run")
@@ -105,12 +110,13 @@ def library_versions() -> dict[str, str]:
 
 
 def lora_hashes(composition: CompositionSet) -> dict[str, str]:
-    """sha256 of every LoRA file of the set; a missing file is a LoraError naming it."""
+    """What defines each LoRA of the set (its file's sha256, plus its adapter_config.json's where there is one);
+    a missing file is a LoraError naming it."""
     hashes = {}
     for lora in composition.loras:
         if not lora.path.exists():
             read_lora_state_dict(lora)  # raises the one-paragraph "file not found" error
-        hashes[lora.id] = cached_sha256(lora.path)
+        hashes[lora.id] = lora_identity(lora)
     return hashes
 
 
@@ -119,12 +125,13 @@ class Runner:
 
     def __init__(self, testbed: Testbed, method: CompositionMethod, method_label: str, output_dir: Path,
                  device: str = "auto", dtype: str | None = None, batching: str = "auto", seed_mode: str = "per_set",
-                 adapter_cache: int = 32) -> None:
+                 adapter_cache: int = 32, lora_min_applied: float = 0.9) -> None:
         self.testbed, self.method, self.method_label = testbed, method, method_label
         self.output_dir = Path(output_dir)
         self.device = resolve_device(device)
         self.dtype = dtype or testbed.model.get("dtype", "float32")
         self.batching, self.seed_mode, self.adapter_cache_size = batching, seed_mode, adapter_cache
+        self.lora_min_applied = lora_min_applied
         sampling = testbed.sampling
         self.settings = SamplingSettings(int(sampling["steps"]), float(sampling["guidance_scale"]),
                                          int(sampling["height"]), int(sampling["width"]))
@@ -141,7 +148,8 @@ class Runner:
     def model_identity(self) -> dict[str, str]:
         if self._model_identity is None:
             model = self.testbed.model
-            self._model_identity = model_identity(local_or_hub(model["base"]), local_or_hub(model.get("vae")))
+            self._model_identity = model_identity(local_or_hub(model["base"]), local_or_hub(model.get("vae")),
+                                                  local_or_hub(model.get("single_file_config")))
         return self._model_identity
 
     def sampler(self) -> Sampler:
@@ -151,7 +159,7 @@ class Runner:
                                  scheduler=model.get("scheduler", "dpmsolver++"), dtype=self.dtype, device=self.device,
                                  single_file_config=model.get("single_file_config"))
             self._sampler = Sampler(pipe, batching=self.batching)
-            self._adapters = AdapterCache(pipe, capacity=self.adapter_cache_size)
+            self._adapters = AdapterCache(pipe, capacity=self.adapter_cache_size, min_applied=self.lora_min_applied)
         return self._sampler
 
     # -- keys and records ------------------------------------------------------------------------------
@@ -166,8 +174,32 @@ class Runner:
             "device": self.device.split(":")[0], "batching": self.batching, "versions": library_versions(),
         }, 32)
 
+    def settings_signature(self) -> dict[str, Any]:
+        """What this run's images share whatever their set and seed: two runs into one label must agree on it."""
+        return {"method_key": self.method_key, "lora_scale": self.lora_scale, "sampling": vars(self.settings),
+                "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"), "dtype": self.dtype,
+                "batching": self.batching, "seed_mode": self.seed_mode, "model": self.model_identity,
+                "negative_prompt": self.testbed.negative_prompt}
+
+    def conflicting_settings(self) -> dict[str, tuple[Any, Any]]:
+        """Settings in which images already in this label's folder differ from this run: {name: (stored, now)}."""
+        now = self.settings_signature()
+        for metadata in iter_set_metadata(self.output_dir, self.method_label):
+            for record in metadata.get("images", {}).values():
+                stored = {"method_key": metadata["method"]["key"], **{name: record.get(name) for name in now
+                                                                      if name != "method_key"}}
+                stored = json.loads(json.dumps(stored))  # as stored: tuples became lists
+                differing = {name: (stored[name], value) for name, value in json.loads(json.dumps(now)).items()
+                             if stored[name] is not None and stored[name] != value}
+                if differing:
+                    return differing
+        return {}
+
     def folder(self, composition: CompositionSet) -> Path:
         return set_folder(self.output_dir, self.method_label, composition.id)
+
+    def folder_of_label(self) -> Path:
+        return self.folder(CompositionSet("", ())).parent
 
     def _method_info(self) -> dict[str, Any]:
         return {"name": self.method.name, "label": self.method_label, "key": self.method_key,
@@ -215,7 +247,7 @@ class Runner:
         for seed in seeds:
             key = self.image_key(composition, hashes, prompt, seed)
             record = metadata["images"].get(str(seed))
-            if record and record.get("key") == key and (folder / record["file"]).exists():
+            if record and record.get("key") == key and self._intact(folder, record):
                 summary.skipped += 1
                 progress.update(1)
                 continue
@@ -230,7 +262,13 @@ class Runner:
                 progress.update(len(remaining))
                 log.error(str(error))
                 return
+            except NonFiniteError as error:  # a known failure: one line, no traceback
+                log.error("%s seed %s failed: %s", composition.id, seed, error)
+                metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
+                summary.failed["non-finite latents"] += 1
             except Exception as error:  # one image failed; keep going with the others
+                if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                    raise  # a full disk fails every image alike: stop (what was written stays valid)
                 log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
                 metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
                 summary.failed[type(error).__name__] += 1
@@ -238,7 +276,8 @@ class Runner:
 
     def generate(self, composition: CompositionSet, prompt: str, seed: int, key: str, folder: Path) -> dict[str, Any]:
         sampler = self.sampler()
-        self._adapters.ensure(list(composition.loras))
+        self._check_triggers_survive(sampler, composition, prompt)
+        load_reports = self._adapters.ensure(list(composition.loras))
         sampler.adapters.forget()
         context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
                                sampler.importance_embedder(self.method))
@@ -249,14 +288,49 @@ class Runner:
         filename = image_filename(seed)
         atomic_write(folder / filename, lambda tmp: image.save(tmp, format="PNG"))
         return {
-            "file": filename, "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
+            "file": filename, "sha256": sha256_file(folder / filename), "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
             "prompt": prompt, "negative_prompt": self.testbed.negative_prompt,
             "truncation": self._truncation(sampler, prompt), "sampling": vars(self.settings),
             "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
             "dtype": self.dtype, "device": self.device, "batching": self.batching, "model": self.model_identity,
-            "plan": plan.describe(), "seconds": round(seconds, 4), "versions": library_versions(),
+            "plan": plan.describe(), "lora_load": load_reports, "seconds": round(seconds, 4),
+            "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+    @staticmethod
+    def _intact(folder: Path, record: dict[str, Any]) -> bool:
+        """The recorded image is on disk with the bytes it was written with (records before hashes: on disk)."""
+        path = folder / record["file"]
+        if not path.exists():
+            return False
+        if record.get("sha256"):
+            if sha256_file(path) == record["sha256"]:
+                return True
+            log.warning("%s does not match the sha256 recorded when it was generated (changed or corrupt): "
+                        "generating it again", path)
+            return False
+        try:  # a record from before hashes were kept: at least the file must be a readable image
+            with Image.open(path) as image:
+                image.verify()
+            return True
+        except (OSError, ValueError, SyntaxError):
+            log.warning("%s is not a readable image: generating it again", path)
+            return False
+
+    def _check_triggers_survive(self, sampler: Sampler, composition: CompositionSet, prompt: str) -> None:
+        """A prompt cut by the encoder's token limit before every trigger phrase of a LoRA never activates it:
+        that is a failed image, not a normal one."""
+        tokenizer = sampler.pipe.tokenizer
+        if truncation_report(tokenizer, prompt) is None:
+            return
+        lost = [lora.id for lora in composition.loras
+                if lora.trigger and not any(phrase_survives(tokenizer, prompt, p) for p in lora.trigger)]
+        if lost:
+            raise LoraError(f"set {composition.id}: the prompt has more tokens than the text encoder reads "
+                            f"({tokenizer.model_max_length}), and it cuts off every trigger phrase of {lost}, so "
+                            "those LoRAs would never be activated. Fix: shorten the testbed's prompt or "
+                            "prompt_template, or put {triggers} earlier in it.")
 
     def _truncation(self, sampler: Sampler, prompt: str) -> dict[str, Any]:
         """Prompts over the encoder's length are cut silently by diffusers: record it, warn once."""
@@ -292,12 +366,13 @@ class Runner:
 
 
 def _short_reason(reason: str) -> str:
-    """A summary label: the error's first clause, without paths."""
+    """A summary label: the error's first sentence, at most ~80 characters, cut between words."""
     text = reason.split(". ")[0]
-    for marker in ("file not found", "cannot read", "does not fit", "none of its", "no trigger phrase"):
+    for marker in ("file not found", "cannot read", "does not fit", "none of its", "no trigger phrase",
+                   "cuts off every trigger phrase", "not supported"):
         if marker in text:
             return marker
-    return text[:60]
+    return text if len(text) <= 80 else text[:80].rsplit(" ", 1)[0] + " ..."
 
 
 def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings: RunSettings) -> RunSummary:
@@ -307,7 +382,14 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     seeds = list(settings.seeds) if settings.seeds is not None else testbed.seeds
     write_testbed_info(settings.output_dir, testbed.analysis_info())
     runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
-                    settings.batching, settings.seed_mode, settings.adapter_cache)
+                    settings.batching, settings.seed_mode, settings.adapter_cache, settings.lora_min_applied)
+    conflicts = runner.conflicting_settings()
+    if conflicts and not settings.overwrite:
+        described = "; ".join(f"{name}: {stored!r} there, {now!r} now" for name, (stored, now) in conflicts.items())
+        raise ConfigError(
+            f"{runner.folder_of_label()} already holds images made with other settings ({described}), and this run "
+            f"would replace them. Fix: give this run its own label (method.label={method_label}_<setting>; a Hydra "
+            f"sweep (-m) labels its points itself), or another output_dir, or pass overwrite=true to regenerate.")
     summary = RunSummary()
     started = time.perf_counter()
     with tqdm(total=len(sets) * len(seeds), desc=f"{method_label} on {testbed.name}", unit="img",

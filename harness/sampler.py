@@ -92,6 +92,10 @@ def per_sample_adapters(unet: torch.nn.Module, adapter_names: list[str]) -> Iter
             handle.remove()
 
 
+class NonFiniteError(RuntimeError):
+    """Sampling produced NaN or inf: the image is recorded as failed, never saved as a result."""
+
+
 class Sampler:
     """Generates images with a loaded pipeline. One instance per pipeline; not thread-safe."""
 
@@ -186,7 +190,14 @@ class Sampler:
         if len(plan.steps) != settings.steps:
             raise ValueError(f"method {method.name} planned {len(plan.steps)} steps, expected {settings.steps}")
 
-        # 1. prompts, with the text-encoder LoRA state the method asked for
+        # 1. prompts, with the text-encoder LoRA state the method asked for (the plan records only the adapters
+        #    that have text-encoder weights: the others leave the encoder unchanged)
+        with_weights = set(pipe.get_list_adapters().get("text_encoder", []))
+        without = sorted(set(plan.text_encoder_adapters) - with_weights)
+        if without:
+            plan.notes["no_text_encoder_weights"] = without
+            plan.text_encoder_adapters = {name: weight for name, weight in plan.text_encoder_adapters.items()
+                                          if name in with_weights}
         self.adapters.set_text_encoder(plan.text_encoder_adapters)
         text = torch.cat([self.encode(negative_prompt), self.encode(context.prompt)]).to(dtype)
 
@@ -206,6 +217,10 @@ class Sampler:
             predictions = self.predict(step, model_input, timestep, text)
             noise = method.combine(step, predictions, settings.guidance_scale)
             latents = scheduler.step(noise, timestep, latents).prev_sample
+            if not torch.isfinite(latents).all():  # NaN/inf would decode to a black image scored as a result
+                raise NonFiniteError(f"the latents became non-finite (NaN or inf) at step {index + 1} of "
+                                     f"{settings.steps}: the image is not saved. Usual causes: a LoRA scale or "
+                                     "guidance scale far too large, or float16 overflow (try dtype=float32).")
         if self.batched_failed:
             plan.notes["batched_fallback"] = self.batched_failed
         return latents, plan
@@ -214,6 +229,9 @@ class Sampler:
     def decode(self, latents: torch.Tensor) -> Image.Image:
         vae = self.pipe.vae
         decoded = vae.decode(latents / vae.config.scaling_factor).sample
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteError("the VAE decoded non-finite pixels (NaN or inf): the image is not saved. Usual "
+                                 "cause: float16 overflow in the VAE (try dtype=float32 or an fp16-safe VAE).")
         pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy())
 

@@ -14,12 +14,13 @@ import importlib
 import importlib.util
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from harness.metrics.backbones import ModelUnavailable
 from harness.metrics.base import METRICS, Metric
-from harness.store import ImageRecord, ScoreRow, append_rows, iter_images, scored_image_keys
+from harness.store import ImageRecord, ScoreRow, append_rows, iter_images, mark_scored, scored_images
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,23 @@ def score_metric(results_dir: str | Path, metric: Metric, images: list[ImageReco
     """Score the images this metric has not scored yet; returns counts for the summary."""
     from tqdm import tqdm
 
-    done = scored_image_keys(results_dir, metric.name, metric.key)
-    todo = [image for image in images if image.key not in done]
+    done = scored_images(results_dir, metric.name, metric.key)
+    todo = [image for image in images if not _already_scored(image, done)]
     summary = {"metric": metric.name, "metric_key": metric.key, "settings": metric.settings,
-               "images": len(images), "skipped": len(images) - len(todo), "scored": 0, "rows": 0, "status": "ok"}
+               "images": len(images), "skipped": len(images) - len(todo), "scored": 0, "rows": 0,
+               "statuses": Counter()}
     if not todo:
-        return summary
+        return _finish(summary)
     load = getattr(metric, "load", None)  # metrics with models load them here, once
     if load is not None:
         try:
             load()
         except ModelUnavailable as error:
             logger.warning("metric %s unavailable: %s", metric.name, error)
-            summary.update(status="unavailable", reason=str(error),
-                           rows=append_rows(results_dir, _unavailable_rows(metric, todo, str(error))))
-            return summary
+            rows = _unavailable_rows(metric, todo, str(error))
+            summary.update(reason=str(error), rows=append_rows(results_dir, rows))
+            summary["statuses"].update(row.status for row in rows)
+            return _finish(summary)
     with tqdm(total=len(todo), desc=f"score {metric.name}", unit="img", disable=not progress) as bar:
         for batch in _batches(todo, metric.batch_size):
             try:
@@ -82,8 +85,30 @@ def score_metric(results_dir: str | Path, metric: Metric, images: list[ImageReco
                 rows = [metric.row(image, None, status="error", reason=f"{type(error).__name__}: {error}")
                         for image in batch]
             summary["rows"] += append_rows(results_dir, rows)
+            mark_scored(results_dir, metric.name, metric.key, batch)  # only now are the batch's rows complete
+            summary["statuses"].update(row.status for row in rows)
             summary["scored"] += len(batch)
             bar.update(len(batch))
+    return _finish(summary)
+
+
+def _already_scored(image: ImageRecord, done: dict[str, str | None]) -> bool:
+    """Scored with this key, and (where both are known) from the same image bytes."""
+    if image.key not in done:
+        return False
+    scored_sha, current_sha = done[image.key], image.metadata.get("sha256")
+    return scored_sha is None or current_sha is None or scored_sha == current_sha
+
+
+def _finish(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's status says what the rows say: ``ok`` only when some rows have a value."""
+    statuses: Counter = summary["statuses"]
+    if not statuses:
+        summary["status"] = "ok (nothing new)"
+    elif statuses["ok"] or statuses["fallback_full_image"]:
+        summary["status"] = "ok" if len(statuses) == 1 else "partly ok"
+    else:
+        summary["status"] = statuses.most_common(1)[0][0]
     return summary
 
 
@@ -103,7 +128,8 @@ def score_results(results_dir: str | Path, metrics: dict[str, dict[str, Any]], m
         metric = build_metric(settings)
         print(f"[score] {metric.name} key={metric.key} settings={json.dumps(metric.settings, sort_keys=True, default=str)}")
         summary = score_metric(results_dir, metric, images, progress=progress)
+        by_status = ", ".join(f"{status} {count}" for status, count in summary["statuses"].most_common())
         print(f"[score] {metric.name}: {summary['scored']} scored, {summary['skipped']} already scored, "
-              f"{summary['rows']} rows written, status {summary['status']}")
+              f"{summary['rows']} rows written ({by_status or 'none'}), status {summary['status']}")
         summaries.append(summary)
     return summaries

@@ -68,6 +68,8 @@ class RunSettings:
     score: bool = True
     tables: bool = True
     progress: bool = True
+    overwrite: bool = False  # regenerate a label's images although they were made with other settings
+    lora_min_applied: float = 0.9  # a LoRA part of which fewer of the file's layers match the model is an error
 
     def __post_init__(self) -> None:
         if self.seed_mode not in SEED_MODES:
@@ -82,3 +84,19 @@ class RunSettings:
         _positive("limit", self.limit)
         _positive("limit_per_n", self.limit_per_n)
         _positive("adapter_cache", self.adapter_cache)
+        if not 0 <= self.lora_min_applied <= 1:
+            raise ConfigError(f"lora_min_applied={self.lora_min_applied}: a share, between 0 and 1")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any image is attempted."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: CUDA is not available here (torch {torch.__version__}, "
+                          f"{'a CPU build' if torch.version.cuda is None else 'no visible GPU'}). Fix: device=auto "
+                          "or device=cpu, or install a CUDA build of torch on a machine with a GPU.")
+    if kind not in ("auto", "cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"device={device}: use auto, cpu, cuda, cuda:<index>, mps or xpu")

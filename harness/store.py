@@ -8,6 +8,7 @@ Layout of a results folder (``results/<testbed>/`` by default)::
     images/<method_label>/<set_id>/metadata.json      {"testbed": .., "method": .., "set": ..,
                                                        "images": {"<seed>": record}, "failed": {"<seed>": {..}}}
     scores/<metric>/<metric_key>/<method_label>.jsonl score rows (ScoreRow), append-only
+    scores/<metric>/<metric_key>/<method_label>.done  one line per image whose rows were all written
     scores.parquet, scores.csv, leaderboard.csv, leaderboard_long.csv, leaderboard.meta.json,
     coverage.csv, judge_wtl.csv, validity.csv         tables (``python -m harness table``)
     pictures/, report.html                            pictures and the static report
@@ -130,8 +131,14 @@ def write_set_metadata(folder: str | Path, metadata: dict[str, Any]) -> None:
     update_set_metadata(folder, lambda current: (current.clear(), current.update(metadata)), dict)
 
 
-def _metadata_files(results_dir: str | Path) -> list[Path]:
-    return sorted((Path(results_dir) / IMAGES_DIR).glob(f"*/*/{METADATA_FILE}"))
+def _metadata_files(results_dir: str | Path, method_label: str = "*") -> list[Path]:
+    return sorted((Path(results_dir) / IMAGES_DIR).glob(f"{method_label}/*/{METADATA_FILE}"))
+
+
+def iter_set_metadata(results_dir: str | Path, method_label: str) -> Iterator[dict[str, Any]]:
+    """Every set's metadata.json of one method label (e.g. to check what settings its images were made with)."""
+    for path in _metadata_files(results_dir, method_label):
+        yield read_json(path)
 
 
 @dataclass
@@ -324,14 +331,41 @@ def replace_metric_rows(results_dir: str | Path, metric: str, rows: Iterable[Sco
     return len(rows)
 
 
-def scored_image_keys(results_dir: str | Path, metric: str, metric_key: str) -> set[str]:
-    """Image keys that already have a final (not unavailable/error) row for this metric key."""
+def mark_scored(results_dir: str | Path, metric: str, metric_key: str, images: Iterable[ImageRecord]) -> None:
+    """Record that every row of these images is on disk (call after ``append_rows`` returned): an image whose
+    rows were cut by a kill or a full disk has no mark and is scored again. The mark holds the image's sha256,
+    so an image regenerated with other bytes is scored again too."""
+    by_file: dict[Path, list[str]] = defaultdict(list)
+    for image in images:
+        path = scores_path(results_dir, metric, metric_key, image.method_label).with_suffix(".done")
+        by_file[path].append(json.dumps({"image_key": image.key, "sha256": image.metadata.get("sha256")}))
+    for path, lines in by_file.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.parent / f".{path.name}.lock")):
+            _repair_truncated_tail(path)
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def scored_images(results_dir: str | Path, metric: str, metric_key: str) -> dict[str, str | None]:
+    """Images already scored with this metric key: image key -> the sha256 it had when scored (None if unknown).
+
+    Scored means: a final row (not unavailable/error) and, where the method's rows carry completion marks
+    (``.done``), a mark; a score file written before marks existed counts by its rows alone.
+    """
     folder = Path(results_dir) / SCORES_DIR / metric / metric_key
-    done: set[str] = set()
+    done: dict[str, str | None] = {}
     for path in sorted(folder.glob("*.jsonl")):
-        for row in read_jsonl(path):
-            if row.get("status") not in RETRY_STATUSES:
-                done.add(row["image_key"])
+        final = {row["image_key"] for row in read_jsonl(path) if row.get("status") not in RETRY_STATUSES}
+        marks_path = path.with_suffix(".done")
+        if not marks_path.exists():
+            done.update(dict.fromkeys(final))
+            continue
+        for mark in read_jsonl(marks_path):
+            if mark["image_key"] in final:
+                done[mark["image_key"]] = mark.get("sha256")
     return done
 
 

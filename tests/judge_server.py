@@ -4,6 +4,10 @@ Loopback only (127.0.0.1, a free port chosen by the OS), bounded (delays capped,
 daemon threads, closes without waiting for handlers). A *responder* decides each reply from the parsed
 request body and the request number; the server counts requests and keeps their bodies.
 
+``in_flight`` / ``max_in_flight`` count requests between reading their body and sending their reply (the
+decrement happens before the first reply byte goes out, so a client's next request cannot overlap its last one
+in the count). A request the client abandoned (a timeout) stays counted until its scripted delay ends.
+
     with JudgeServer(lambda request, number: chat_reply("...")) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
 """
@@ -129,12 +133,15 @@ class JudgeServer:
                 try:
                     reply = server.responder(request, number)
                     time.sleep(min(reply.delay, MAX_DELAY_S))
+                finally:
+                    # Leave the count BEFORE any reply byte is sent: a client can only start its next request
+                    # after it has this reply, so that request can never be counted alongside this one.
+                    with server._lock:
+                        server.in_flight -= 1
+                try:
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
 
             def _send(self, reply: Reply) -> None:
                 data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)

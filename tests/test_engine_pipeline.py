@@ -56,7 +56,7 @@ def test_batched_composite_equals_sequential(loaded):
 
 def test_w_composite_with_equal_weights_equals_composite(loaded, monkeypatch):
     pipe, specs = loaded
-    monkeypatch.setattr(builtin, "ptw_weights", lambda prompt, loras, embed: [1 / len(loras)] * len(loras))
+    monkeypatch.setattr(builtin, "trigger_similarity", lambda prompt, loras, embed: [1 / len(loras)] * len(loras))
     weighted, plan, _ = denoise(pipe, METHODS.get("w_composite")(), specs)
     plain, _, _ = denoise(pipe, METHODS.get("composite")(), specs)
     assert plan.importance == pytest.approx({s.id: 1 / 3 for s in specs})
@@ -65,7 +65,7 @@ def test_w_composite_with_equal_weights_equals_composite(loaded, monkeypatch):
 
 def test_w_composite_weights_change_the_image(loaded, monkeypatch):
     pipe, specs = loaded
-    monkeypatch.setattr(builtin, "ptw_weights", lambda prompt, loras, embed: [0.9, 0.05, 0.05])
+    monkeypatch.setattr(builtin, "trigger_similarity", lambda prompt, loras, embed: [0.9, 0.05, 0.05])
     skewed, _, _ = denoise(pipe, METHODS.get("w_composite")(), specs)
     plain, _, _ = denoise(pipe, METHODS.get("composite")(), specs)
     assert (skewed - plain).abs().max() > 1e-3

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from harness.io import read_json
 from harness.store import iter_failures, iter_images
 from harness.runner import RunSummary, image_seed, select_sets
-from tests.engine_support import make_runner, tiny_testbed
+from engine_support import make_runner, tiny_testbed
 
 
 def run_sets(runner, sets, seeds=(0,)):
@@ -37,6 +37,7 @@ def test_shards_partition_the_sets(tiny_testbed_dir):
         select_sets(sets, shard="3")
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_kill_loses_only_the_image_in_flight(tiny_testbed_dir, tmp_path, monkeypatch):
     testbed = tiny_testbed(tiny_testbed_dir)
     sets = select_sets(testbed.sets(), n=[2], limit=3)
@@ -63,6 +64,7 @@ def test_rerun_skips_and_kill_loses_only_the_image_in_flight(tiny_testbed_dir, t
     assert (again.generated, again.skipped) == (0, 6)
 
 
+@pytest.mark.slow
 def test_changed_setting_never_reuses_a_stale_image(tiny_testbed_dir, tmp_path):
     testbed = tiny_testbed(tiny_testbed_dir)
     sets = select_sets(testbed.sets(), limit=1)
@@ -76,6 +78,7 @@ def test_changed_setting_never_reuses_a_stale_image(tiny_testbed_dir, tmp_path):
     assert run_sets(make_runner(changed, tmp_path, "switch", interval=3), sets).generated == 1
 
 
+@pytest.mark.slow
 def test_same_image_from_any_subset_or_shard(tiny_testbed_dir, tmp_path):
     testbed = tiny_testbed(tiny_testbed_dir)
     sets = select_sets(testbed.sets(), n=[2], limit=4)
@@ -100,7 +103,8 @@ def test_missing_lora_fails_its_set_with_reason_and_keeps_going(tiny_testbed_dir
 
 def test_metadata_records_schedule_weights_and_truncation(tiny_testbed_dir, tmp_path):
     long_prompt = "a picture, " + ", ".join(f"word{i}" for i in range(60))
-    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt)
+    # the triggers come first, so the encoder still reads them: the cut-off words are recorded, not fatal
+    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt, prompt_template="{triggers}, {prompt}")
     sets = select_sets(testbed.sets(), n=[3], limit=1)
     run_sets(make_runner(testbed, tmp_path, "w_switch", interval=2), sets)
     record = next(iter_images(tmp_path)).metadata
@@ -111,6 +115,7 @@ def test_metadata_records_schedule_weights_and_truncation(tiny_testbed_dir, tmp_
     assert all(lora["sha256"] and len(lora["sha256"]) == 64 for lora in meta["set"]["loras"])
 
 
+@pytest.mark.slow
 def test_cli_run_then_rerun_skips(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "harness", "run", "method=switch", "limit=2", "progress=false",
@@ -143,3 +148,13 @@ def test_limit_per_n_is_an_even_stratified_subset(tiny_testbed_dir):
     assert [s.n for s in chosen] == [2, 2, 3, 3]
     of_two = [s for s in sets if s.n == 2]
     assert chosen[0] == of_two[0] and chosen[1] == of_two[len(of_two) // 2]
+
+
+def test_a_prompt_cut_before_every_trigger_fails_the_set(tiny_testbed_dir, tmp_path):
+    long_prompt = "a picture, " + ", ".join(f"word{i}" for i in range(60))
+    testbed = tiny_testbed(tiny_testbed_dir, prompt=long_prompt)  # "{prompt}, {triggers}": triggers past 77 tokens
+    sets = select_sets(testbed.sets(), n=[2], limit=1)
+    summary = run_sets(make_runner(testbed, tmp_path, "merge"), sets)
+    assert summary.generated == 0 and not list(iter_images(tmp_path))
+    failure = read_json(next(tmp_path.rglob("metadata.json")))["failed"]["0"]
+    assert "cuts off every trigger phrase" in failure["reason"] and "Fix" in failure["reason"]

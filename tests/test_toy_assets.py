@@ -56,6 +56,7 @@ def test_committed_base_is_the_builds_model(pipe):
     assert as_json(base_model.build_unet().config) == as_json(pipe.unet.config)
 
 
+@pytest.mark.slow
 def test_every_lora_loads_and_changes_the_image(pipe):
     prompt = "a picture, red circle figure"
     before = _image(pipe, prompt)
@@ -69,14 +70,18 @@ def test_every_lora_loads_and_changes_the_image(pipe):
         pipe.unload_lora_weights()
 
 
-def test_committed_loras_were_trained_with_the_builds_steps():
+def test_committed_loras_were_trained_with_the_recipe():
+    """Every option that shapes a committed LoRA's weights (the file's training record) is the recipe's."""
     from safetensors import safe_open
 
-    from harness.toy import build
+    from harness.toy import build, lora_recipe
 
+    budget = build.Budget()
     for concept in world.CONCEPTS:
         metadata = safe_open(TOY / "lora" / f"{concept.id}.safetensors", "pt").metadata()
-        assert int(metadata["steps"]) == build.lora_steps(concept.id, build.Budget()), concept.id
+        config = lora_recipe.training_config(concept.id, budget.lora_steps, budget.lora_batch)
+        assert int(metadata["steps"]) == lora_recipe.lora_steps(concept.id, budget.lora_steps), concept.id
+        assert {key: json.loads(metadata[key]) for key in config.record()} == config.record(), concept.id
         assert json.loads(metadata["base_model"])["base"] == "testbed/toy/base", concept.id
 
 

@@ -8,9 +8,10 @@ import pytest
 from safetensors import safe_open
 
 from harness.__main__ import main
-from harness.toy import base_model, build, world
+from harness.toy import base_model, build, lora_recipe, world
 
 
+@pytest.mark.slow
 def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "lora_info.json").read_text()) == world.manifest()
@@ -22,8 +23,10 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
         assert (tmp_path / "lora" / f"{concept.id}.safetensors").stat().st_size > 0
         assert list((tmp_path / "references" / concept.id).glob("*.png"))
         metadata = safe_open(tmp_path / "lora" / f"{concept.id}.safetensors", "pt").metadata()
-        assert int(metadata["steps"]) == build.lora_steps(concept.id, build.QUICK), concept.id
-    assert build.lora_steps("clothing_2", build.QUICK) > build.lora_steps("character_1", build.QUICK)  # 8x
+        config = lora_recipe.training_config(concept.id, build.QUICK.lora_steps, build.QUICK.lora_batch)
+        assert {key: json.loads(metadata[key]) for key in config.record()} == config.record(), concept.id
+        assert int(metadata["steps"]) == lora_recipe.lora_steps(concept.id, build.QUICK.lora_steps), concept.id
+    assert lora_recipe.lora_steps("clothing_2", build.QUICK.lora_steps) > build.QUICK.lora_steps  # 8x
     # a second build resumes: every phase is skipped, nothing is retrained
     before = (tmp_path / "lora" / "character_1.safetensors").stat().st_mtime_ns
     assert main(["testbed", "build", "toy", "--quick", "--out", str(tmp_path)]) == 0
@@ -36,6 +39,7 @@ def test_quick_build_writes_a_loadable_testbed(tmp_path):
     assert redone == {c.id for number, c in enumerate(world.CONCEPTS) if number % 2 == 1}
 
 
+@pytest.mark.slow
 def test_a_failing_second_build_process_is_reported_with_the_fix(tmp_path, capfd):
     # the oracle phase runs in the second process; without a VAE it stops with its own error
     with pytest.raises(SystemExit, match="second build process \\(oracle\\) failed"):

@@ -13,6 +13,7 @@ import toy_lora_recipe  # noqa: E402
 LORAS = Path(__file__).parents[1] / "testbed" / "toy" / "lora"
 
 
+@pytest.mark.slow
 def test_a_retrained_lora_is_measured_without_touching_the_committed_one(tmp_path, capsys):
     committed = LORAS / "object_2.safetensors"
     before = committed.stat().st_mtime_ns
@@ -33,6 +34,7 @@ def test_an_unknown_lora_id_names_the_known_ones(tmp_path, capsys):
     assert "object_9" in err and "character_1" in err
 
 
+@pytest.mark.slow
 def test_no_text_encoder_trains_a_unet_only_lora(tmp_path):
     from safetensors import safe_open
 
@@ -50,6 +52,7 @@ def test_the_testbed_s_own_lora_folder_is_refused_as_scratch(capsys):
     assert (LORAS / "object_2.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_trainer_options_reach_the_retrained_file(tmp_path):
     import json
 
@@ -75,6 +78,7 @@ def test_trainer_options_reach_the_retrained_file(tmp_path):
         assert any("token_embedding.lora_embedding_A" in key for key in lora.keys())
 
 
+@pytest.mark.slow
 def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
     import json
 
@@ -89,6 +93,7 @@ def test_toy_quality_named_measures_every_held_back_combination(tmp_path):
     assert all(rate in (0.0, 1.0) for rate in named.values())  # one image each: drawn or not
 
 
+@pytest.mark.slow
 def test_toy_quality_variants_measures_every_generic_variant_of_a_slot(tmp_path):
     import json
 
@@ -107,7 +112,7 @@ def test_toy_quality_variants_measures_every_generic_variant_of_a_slot(tmp_path)
 
 def test_preservation_adds_generic_scenes_and_keeps_the_concept_examples():
     from harness.toy import world
-    from harness.toy.build import lora_examples
+    from harness.toy.lora_recipe import lora_examples
 
     plain = lora_examples("object_2", 6, seed=3)
     mixed = lora_examples("object_2", 6, seed=3, preservation=4)
@@ -122,7 +127,7 @@ def test_preservation_adds_generic_scenes_and_keeps_the_concept_examples():
 def test_mask_floor_marks_the_concept_region_opaque():
     import numpy as np
 
-    from harness.toy.build import lora_examples
+    from harness.toy.lora_recipe import lora_examples
 
     plain = lora_examples("object_2", 4, seed=3)
     masked = lora_examples("object_2", 4, seed=3, mask_floor=0.1)
@@ -138,18 +143,20 @@ def test_mask_floor_marks_the_concept_region_opaque():
 
 def test_the_build_trains_object_loras_masked_and_the_others_plain(tmp_path):
     import json
+    from dataclasses import replace
 
-    from harness.toy import build
+    from harness.toy import lora_recipe
     from harness.training.lora_file import read_lora_metadata
 
     def alpha_mask(concept_id: str, **options) -> bool:
-        path = build.train_concept_lora(LORAS.parent / "base", concept_id, tmp_path / f"{concept_id}.safetensors",
-                                        steps=1, examples=4, batch_size=2, **options)
+        config = replace(lora_recipe.training_config(concept_id, 1, 2), **options)
+        path = lora_recipe.train_concept_lora(LORAS.parent / "base", concept_id,
+                                              tmp_path / f"{concept_id}.safetensors", config, examples=4)
         return json.loads(read_lora_metadata(path)["alpha_mask"])
 
-    assert build.LORA_MASK_FLOOR == {"object": 0.1}
+    assert lora_recipe.LORA_MASK_FLOOR == {"object": 0.1}
     assert alpha_mask("object_2") is True and alpha_mask("clothing_1") is False
-    assert alpha_mask("object_2", mask_floor=None) is False
+    assert alpha_mask("object_2", alpha_mask=False) is False
 
 
 def test_toy_quality_measures_the_base_with_shifted_phrases(tmp_path):
@@ -166,10 +173,47 @@ def test_toy_quality_measures_the_base_with_shifted_phrases(tmp_path):
 
 
 def test_a_mask_floor_outside_0_1_is_refused(capsys):
-    from harness.toy.build import lora_examples
+    from harness.toy.lora_recipe import lora_examples
 
     with pytest.raises(ValueError, match="mask_floor must be in"):
         lora_examples("object_2", 2, seed=0, mask_floor=2.0)
     with pytest.raises(SystemExit):
         toy_lora_recipe.main(["--loras", "object_2", "--mask-floor", "1.5"])
     assert "expected a weight in [0, 1]" in capsys.readouterr().err
+
+
+def test_the_recipe_config_of_every_concept():
+    from harness.toy import build, lora_recipe, world
+
+    budget = build.Budget()
+    for number, concept in enumerate(world.CONCEPTS):
+        config = lora_recipe.training_config(concept.id, budget.lora_steps, budget.lora_batch)
+        assert config.steps == (3200 if concept.category == "clothing" else 400), concept.id
+        assert config.alpha_mask is (concept.category == "object"), concept.id  # LORA_MASK_FLOOR
+        assert config.seed == number and config.batch_size == budget.lora_batch
+        assert (config.rank, config.lora_alpha, config.learning_rate) == (8, 8.0, 2e-3)
+        assert config.train_text_encoder and config.text_targets == lora_recipe.LORA_TEXT_TARGETS
+        assert config.unet_targets == lora_recipe.LORA_UNET_TARGETS
+        assert (config.snr_gamma, config.noise_offset, config.uncond_anchor) == (5.0, 0.1, 1.0)
+        assert config.resolution == world.SIZE and config.device == "cpu" and not config.progress
+
+
+def test_the_loras_train_with_the_base_models_loss():
+    from harness.toy import build, lora_recipe
+
+    assert lora_recipe.LORA_LOSS == {key: build.BASE_TRAINING[key] for key in lora_recipe.LORA_LOSS}
+
+
+def test_a_mask_floor_goes_with_alpha_mask(tmp_path):
+    from dataclasses import replace
+
+    from harness.toy import lora_recipe
+
+    clothing = lora_recipe.training_config("clothing_1", 1, 2)
+    with pytest.raises(ValueError, match="needs a mask_floor"):  # no floor for clothing in LORA_MASK_FLOOR
+        lora_recipe.train_concept_lora(LORAS.parent / "base", "clothing_1", tmp_path / "c.safetensors",
+                                       replace(clothing, alpha_mask=True), examples=2)
+    with pytest.raises(ValueError, match="only with alpha_mask"):
+        lora_recipe.train_concept_lora(LORAS.parent / "base", "clothing_1", tmp_path / "c.safetensors", clothing,
+                                       examples=2, mask_floor=0.1)
+    assert not (tmp_path / "c.safetensors").exists()

@@ -1,8 +1,11 @@
-"""The LoRA trainer on the tiny random pipeline: learning, saving/loading, resuming, inputs and the CLI."""
+"""The LoRA trainer on the tiny random pipeline: learning, saving/loading, resuming, inputs, the options
+(LoraTrainingConfig) and the CLI."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,9 @@ from PIL import Image
 import harness  # noqa: F401  (before diffusers)
 from harness.pipelines import load_pipeline, model_identity
 from harness.tiny import build_tiny_pipeline
-from harness.train_lora import fit_lora, load_examples, main, train_lora
+from harness.train_lora import build_parser, fit_lora, load_examples, main, train_lora
 from harness.training import TrainingInputError
+from harness.training.config import DEFAULT_UNET_TARGETS, LoraTrainingConfig, option, weight_options
 from harness.training.dataset import open_rgb, resize_and_center_crop
 from harness.training.lora_file import read_lora_metadata
 
@@ -50,9 +54,10 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(tiny_base: Path):
     """One 30-step run on UNet (+ a conv target) and text encoder, alpha != rank, with its step losses."""
     losses: list[float] = []
-    result = fit_lora(tiny_base, EXAMPLES, rank=4, alpha=2.0, steps=30, learning_rate=1e-2,
-                      unet_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
-                      train_text_encoder=True, on_step=lambda step, loss: losses.append(loss), **QUICK)
+    config = LoraTrainingConfig(rank=4, alpha=2.0, steps=30, learning_rate=1e-2,
+                                unet_target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                                train_text_encoder=True, **QUICK)
+    result = fit_lora(tiny_base, EXAMPLES, config, on_step=lambda step, loss: losses.append(loss))
     return result, losses
 
 
@@ -144,10 +149,10 @@ def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
     from safetensors.torch import load_file
 
     # text encoder and flips on too: every trained part and every random draw has to resume exactly
-    settings = dict(steps=4, learning_rate=1e-2, checkpoint_every=2, seed=3, train_text_encoder=True, flip=True,
-                    **QUICK)
-    straight = train_lora(tiny_base, EXAMPLES, tmp_path / "straight.safetensors",
-                          checkpoint_dir=tmp_path / "ck_straight", **settings)
+    config = LoraTrainingConfig(steps=4, learning_rate=1e-2, checkpoint_dir=tmp_path / "ck", checkpoint_every=2,
+                                seed=3, train_text_encoder=True, flip=True, **QUICK)
+    straight = train_lora(tiny_base, EXAMPLES, tmp_path / "straight.safetensors", config,
+                          checkpoint_dir=tmp_path / "ck_straight")
 
     class Crash(Exception):
         pass
@@ -157,12 +162,11 @@ def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "ck",
-                   on_step=crash_at_third_step, **settings)
+        train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", config, on_step=crash_at_third_step)
     assert not (tmp_path / "resumed.safetensors").exists()
     steps_run: list[int] = []
-    resumed = train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", checkpoint_dir=tmp_path / "ck",
-                         on_step=lambda step, loss: steps_run.append(step), **settings)
+    resumed = train_lora(tiny_base, EXAMPLES, tmp_path / "resumed.safetensors", config,
+                         on_step=lambda step, loss: steps_run.append(step))
     assert steps_run == [2, 3]
     straight_weights, resumed_weights = load_file(straight), load_file(resumed)
     assert straight_weights.keys() == resumed_weights.keys()
@@ -171,8 +175,11 @@ def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
         torch.testing.assert_close(resumed_weights[key], straight_weights[key], atol=0, rtol=0)
 
     with pytest.raises(TrainingInputError, match="different settings"):  # another run's checkpoint
-        train_lora(tiny_base, EXAMPLES, tmp_path / "other.safetensors", checkpoint_dir=tmp_path / "ck",
-                   **{**settings, "seed": 4})
+        train_lora(tiny_base, EXAMPLES, tmp_path / "other.safetensors", config, seed=4)
+    # operational options are not part of the run: another device name or checkpoint interval still resumes
+    train_lora(tiny_base, EXAMPLES, tmp_path / "extended.safetensors", config, steps=5, device="cpu:0",
+               checkpoint_every=1, on_step=lambda step, loss: steps_run.append(step))
+    assert steps_run == [2, 3, 4]
 
 
 def test_load_examples_captions_and_trigger(tmp_path):
@@ -347,6 +354,7 @@ def _empty_prompt_drift(pipe) -> float:
     return torch.nn.functional.mse_loss(with_lora, base).item()
 
 
+@pytest.mark.slow
 def test_uncond_anchor_holds_the_empty_prompt_to_the_base_model(tiny_base):
     runs = {weight: fit_lora(tiny_base, EXAMPLES, rank=4, steps=20, learning_rate=1e-2, train_text_encoder=True,
                              uncond_anchor=weight, **QUICK) for weight in (0.0, 10.0)}
@@ -370,6 +378,7 @@ def _with_alpha(image: Image.Image, opaque: tuple[slice, slice] | None) -> Image
     return Image.fromarray(np.dstack([np.asarray(image), alpha]))
 
 
+@pytest.mark.slow
 def test_alpha_mask_weights_the_loss_by_the_alpha_channel(tiny_base):
     def losses(examples, alpha_mask):
         seen: list[float] = []
@@ -428,3 +437,91 @@ def test_cli_bad_loss_settings_are_one_clear_error(setting, value, tiny_base, tm
     assert code == 2 and "Traceback" not in error and "Fix" in error
     assert setting.lstrip("-").replace("-", "_") in error
     assert not (tmp_path / "out.safetensors").exists()
+
+
+# ---- the options: LoraTrainingConfig
+
+def test_the_command_line_options_are_the_config_fields():
+    parser = build_parser()
+    data = ["--base", "model", "--images", "folder", "--out", "out.safetensors"]
+    defaults = parser.parse_args(data)
+    assert set(vars(defaults)) == {f.name for f in fields(LoraTrainingConfig)} | {
+        "base", "images", "trigger", "caption_extension", "out", "threads"}
+    assert LoraTrainingConfig.from_args(defaults) == LoraTrainingConfig()
+    given = parser.parse_args(data + ["--lr", "0.01", "--text-encoder", "--unet-targets", "to_q", "proj_in",
+                                      "--timestep-range", "300", "1000", "--snr-gamma", "5", "--no-resume",
+                                      "--no-progress", "--checkpoint-dir", "ck", "--checkpoint-every", "10"])
+    assert LoraTrainingConfig.from_args(given) == LoraTrainingConfig(
+        learning_rate=0.01, train_text_encoder=True, unet_target_modules=("to_q", "proj_in"),
+        timestep_range=(300, 1000), snr_gamma=5.0, resume=False, progress=False, checkpoint_dir="ck",
+        checkpoint_every=10)
+
+
+def test_a_new_config_field_becomes_a_command_line_option_and_is_recorded():
+    @dataclass(frozen=True)
+    class Extended(LoraTrainingConfig):
+        new_knob: float = option(0.5, "a new knob", weights=True, fingerprint="unless_default")
+
+    parser = argparse.ArgumentParser()
+    Extended.add_arguments(parser)
+    assert "a new knob" in parser.format_help()
+    config = Extended.from_args(parser.parse_args(["--new-knob", "2"]))
+    assert config.new_knob == 2.0
+    assert config.record()["new_knob"] == 2.0 and config.fingerprint_settings()["new_knob"] == 2.0
+    assert "new_knob" not in Extended().fingerprint_settings()  # added later: older checkpoints still resume
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("rank", 0, "rank"), ("steps", -1, "steps"), ("batch_size", 0, "batch size"), ("resolution", 12, "resolution"),
+    ("checkpoint_every", 5, "checkpoint_every needs a checkpoint_dir"), ("snr_gamma", 0.0, "snr_gamma"),
+    ("noise_offset", -0.1, "noise_offset"), ("loraplus_lr_ratio", 0.5, "loraplus_lr_ratio"),
+    ("text_encoder_learning_rate", 0.0, "text_encoder_lr"), ("timestep_range", (10, 10), "timestep_range"),
+    ("warmup_steps", -1, "warmup_steps"), ("uncond_anchor", -1.0, "uncond_anchor"),
+])
+def test_an_invalid_option_is_refused_when_the_config_is_made(setting, value, named):
+    with pytest.raises(TrainingInputError, match=f"{named}.*Fix"):
+        LoraTrainingConfig(**{setting: value})
+    with pytest.raises(TrainingInputError, match=named):  # a changed copy is checked again
+        replace(LoraTrainingConfig(), **{setting: value})
+
+
+def test_only_options_that_change_the_weights_change_the_fingerprint_and_the_record():
+    base = LoraTrainingConfig(train_text_encoder=True, checkpoint_dir="ck")
+    changed_values = {
+        "rank": 4, "alpha": 2.0, "steps": 7, "learning_rate": 1e-3, "batch_size": 2, "resolution": 64,
+        "train_text_encoder": False, "unet_target_modules": ("to_q",), "text_encoder_target_modules": ("q_proj",),
+        "seed": 1, "flip": True, "snr_gamma": 5.0, "noise_offset": 0.1, "text_encoder_learning_rate": 1e-3,
+        "timestep_range": (0, 500), "warmup_steps": 10, "alpha_mask": True, "uncond_anchor": 1.0,
+        "loraplus_lr_ratio": 16.0,
+        "single_file_config": "config", "checkpoint_dir": "other", "checkpoint_every": 5, "resume": False,
+        "device": "cpu", "progress": False,
+    }
+    assert set(changed_values) == {f.name for f in fields(LoraTrainingConfig)}  # a new option needs a value here
+    for name, value in changed_values.items():
+        changed = replace(base, **{name: value})
+        shapes_weights = name in weight_options()
+        # steps is recorded but left out of the fingerprint, so that a finished run can be extended
+        in_fingerprint = shapes_weights and name != "steps"
+        assert (changed.fingerprint_settings() != base.fingerprint_settings()) == in_fingerprint, name
+        assert (changed.record() != base.record()) == shapes_weights, name
+    assert set(weight_options()) == set(LoraTrainingConfig().record())
+
+
+def test_the_fingerprint_and_the_record_keep_the_keys_existing_files_carry():
+    """Checkpoints and LoRA files written before LoraTrainingConfig existed still resume and read the same."""
+    assert LoraTrainingConfig().fingerprint_settings() == {
+        "rank": 8, "alpha": 8.0, "lr": 1e-4, "batch_size": 4, "resolution": 512,
+        "unet_targets": list(DEFAULT_UNET_TARGETS), "text_targets": [], "seed": 0, "flip": False}
+    every = LoraTrainingConfig(train_text_encoder=True, text_encoder_target_modules=["q_proj"], snr_gamma=5.0,
+                               noise_offset=0.1, loraplus_lr_ratio=16.0, text_encoder_learning_rate=1e-3,
+                               timestep_range=[300, 1000], warmup_steps=10, alpha_mask=True, uncond_anchor=1.0)
+    assert every.fingerprint_settings() == {
+        **LoraTrainingConfig().fingerprint_settings(), "text_targets": ["q_proj"], "snr_gamma": 5.0,
+        "noise_offset": 0.1, "loraplus_lr_ratio": 16.0, "text_encoder_lr": 1e-3, "timestep_range": [300, 1000],
+        "warmup_steps": 10, "alpha_mask": True, "uncond_anchor": 1.0}
+    assert set(every.record()) == {
+        "rank", "alpha", "steps", "learning_rate", "batch_size", "resolution", "unet_target_modules",
+        "train_text_encoder", "text_encoder_target_modules", "seed", "flip", "snr_gamma", "noise_offset",
+        "loraplus_lr_ratio", "text_encoder_learning_rate", "timestep_range", "warmup_steps", "alpha_mask",
+        "uncond_anchor"}
+    assert LoraTrainingConfig(text_encoder_learning_rate=1e-3).record()["text_encoder_learning_rate"] is None

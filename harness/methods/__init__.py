@@ -1,7 +1,9 @@
-"""Composition methods: ``METHODS.get(name)(**settings)``. Importing this package registers the built-ins."""
+"""Composition methods: ``build_method(name, settings)``. Importing this package registers the built-ins."""
 
 from harness.methods import builtin  # noqa: F401  (registers base, single, merge, switch, composite, w_*)
-from harness.methods.base import (METHODS, CompositionMethod, ImageContext, ImagePlan, Pass,
-                                  StepPlan)
+from harness.methods.base import (
+    METHODS, CompositionMethod, ImageContext, ImagePlan, Pass, StepPlan, build_method, declared_settings,
+)
 
-__all__ = ["METHODS", "CompositionMethod", "ImageContext", "ImagePlan", "Pass", "StepPlan"]
+__all__ = ["METHODS", "CompositionMethod", "ImageContext", "ImagePlan", "Pass", "StepPlan", "build_method",
+           "declared_settings"]

@@ -13,6 +13,7 @@ pass's guided prediction). A method with another rule overrides ``combine``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -104,6 +105,32 @@ class CompositionMethod:
 
 
 METHODS: Registry[CompositionMethod] = Registry("method", "harness.methods")
+
+
+def declared_settings(cls: type[CompositionMethod]) -> list[str]:
+    """The settings a method class declares: the named keyword parameters of its ``__init__`` and its bases'."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                names.append(parameter.name)
+    return sorted(set(names))
+
+
+def build_method(name: str, settings: dict[str, Any]) -> CompositionMethod:
+    """``METHODS.get(name)(**settings)``, refusing settings the method does not declare (a typo would be stored
+    in the metadata and silently ignored)."""
+    cls = METHODS.get(name)
+    known = declared_settings(cls)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError(f"method {name!r} has no setting {', '.join(unknown)}; its settings are "
+                         f"{', '.join(known) or 'none'}. Fix: correct the name in conf/method/{name}.yaml or the "
+                         f"override (method.<setting>=...).")
+    return cls(**settings)
 
 
 def same_step(plan: StepPlan, steps: int) -> list[StepPlan]:

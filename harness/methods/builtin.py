@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 from harness.methods.base import (METHODS, CompositionMethod, ImageContext, ImagePlan, Pass, StepPlan,
                                   one_adapter_steps, per_adapter_steps, same_step)
-from harness.methods.importance import paw_weights, ptw_weights
+from harness.methods.importance import (
+    PAW_FLOOR, paw_from_importance, prompt_ablation_importance, ptw_from_similarity, trigger_similarity,
+)
 from harness.methods.schedules import switch_schedule, w_switch_schedule
+
+log = logging.getLogger("harness.methods")
+
+
+def degenerate_notes(ids: list[str], order: list[int], steps: int, interval: int) -> dict[str, str]:
+    """A Switch-style schedule in which some LoRA never runs says so (a warning and a note in the metadata)."""
+    unused = [ids[k] for k in range(len(ids)) if k not in set(order)]
+    if not unused:
+        return {}
+    note = (f"{len(unused)} of {len(ids)} LoRAs never run ({', '.join(unused)}): {steps} steps with interval "
+            f"{interval} reach only the first blocks of the rotation; use more steps or a smaller interval")
+    log.warning("plan degenerates: %s", note)
+    return {"degenerate": note}
 
 
 @METHODS.register("base")
@@ -51,7 +68,7 @@ class Switch(CompositionMethod):
         ids = context.adapter_ids
         order = switch_schedule(len(ids), context.steps, self.interval, self.timing)
         return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
-                         notes={"timing": self.timing})
+                         notes={"timing": self.timing, **degenerate_notes(ids, order, context.steps, self.interval)})
 
 
 @METHODS.register("composite")
@@ -91,11 +108,18 @@ class WSwitch(PromptAware):
 
     def prepare(self, context: ImageContext) -> ImagePlan:
         ids = context.adapter_ids
-        weights = paw_weights(context.prompt, context.loras, context.embed_text)
+        raw = prompt_ablation_importance(context.prompt, context.loras, context.embed_text)
+        weights = paw_from_importance(raw)
         character = next((k for k, lora in enumerate(context.loras) if lora.category == "character"), 0)
         order = w_switch_schedule(weights, context.steps, self.interval, self.reserved_steps, character, self.timing)
+        notes = {"timing": self.timing, "raw_importance": dict(zip(ids, raw)),
+                 **degenerate_notes(ids, order, context.steps, self.interval)}
+        if all(value < PAW_FLOOR for value in raw):
+            note = f"every prompt-ablation importance is under the floor {PAW_FLOOR}: the weights are uniform"
+            log.warning("plan degenerates: %s", note)
+            notes["degenerate_weights"] = note
         return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
-                         importance=dict(zip(ids, weights)), notes={"timing": self.timing})
+                         importance=dict(zip(ids, weights)), notes=notes)
 
 
 @METHODS.register("w_composite")
@@ -104,7 +128,8 @@ class WComposite(PromptAware):
 
     def prepare(self, context: ImageContext) -> ImagePlan:
         ids = context.adapter_ids
-        weights = ptw_weights(context.prompt, context.loras, context.embed_text)
+        raw = trigger_similarity(context.prompt, context.loras, context.embed_text)
+        weights = ptw_from_similarity(raw)
         return ImagePlan({adapter: context.lora_scale for adapter in ids},
                          per_adapter_steps(ids, weights, context.lora_scale, context.steps),
-                         importance=dict(zip(ids, weights)))
+                         importance=dict(zip(ids, weights)), notes={"raw_importance": dict(zip(ids, raw))})

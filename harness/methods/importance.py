@@ -36,16 +36,30 @@ def prompt_ablation_importance(prompt: str, loras: list[LoraSpec], embed_text: E
     return importance
 
 
-def paw_weights(prompt: str, loras: list[LoraSpec], embed_text: EmbedText) -> list[float]:
-    """PAW: w_k = max(imp_k, 0.05), normalised to sum 1 (no softmax, no temperature)."""
-    floored = [max(value, PAW_FLOOR) for value in prompt_ablation_importance(prompt, loras, embed_text)]
+def paw_from_importance(importance: list[float]) -> list[float]:
+    """PAW weights from prompt-ablation importances: max(imp_k, 0.05), normalised to sum 1."""
+    floored = [max(value, PAW_FLOOR) for value in importance]
     total = sum(floored)
     return [value / total for value in floored]
 
 
-def ptw_weights(prompt: str, loras: list[LoraSpec], embed_text: EmbedText) -> list[float]:
-    """PTW: w_k = cos(v(p), v(LoRA k's triggers joined by ', ')), normalised to sum 1 (no floor)."""
+def paw_weights(prompt: str, loras: list[LoraSpec], embed_text: EmbedText) -> list[float]:
+    """PAW: w_k = max(imp_k, 0.05), normalised to sum 1 (no softmax, no temperature)."""
+    return paw_from_importance(prompt_ablation_importance(prompt, loras, embed_text))
+
+
+def trigger_similarity(prompt: str, loras: list[LoraSpec], embed_text: EmbedText) -> list[float]:
+    """cos(v(p), v(LoRA k's triggers joined by ', ')) per LoRA: PTW's raw importances."""
     full = embed_text(prompt)
-    similarity = [_cosine(full, embed_text(", ".join(lora.trigger))) for lora in loras]
+    return [_cosine(full, embed_text(", ".join(lora.trigger))) for lora in loras]
+
+
+def ptw_from_similarity(similarity: list[float]) -> list[float]:
+    """PTW weights from prompt-trigger similarities: normalised to sum 1 (no floor)."""
     total = sum(similarity)
     return [value / total for value in similarity]
+
+
+def ptw_weights(prompt: str, loras: list[LoraSpec], embed_text: EmbedText) -> list[float]:
+    """PTW: w_k = cos(v(p), v(LoRA k's triggers joined by ', ')), normalised to sum 1 (no floor)."""
+    return ptw_from_similarity(trigger_similarity(prompt, loras, embed_text))

@@ -76,7 +76,6 @@ class ArcFace(Metric):
         self._references: dict[str, np.ndarray | None] = {}
 
     def load(self) -> None:
-
         s = self.settings
         if s["detector"] == "insightface":
             self._app = load_face_analysis(s["root"], s["pack"], self.providers, s["det_size"], s["det_thresh"])

@@ -16,6 +16,7 @@ never 0.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Iterator
 
 from harness.io import stable_hash
@@ -55,6 +56,8 @@ class Metric:
     ) -> ScoreRow:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; use one of {STATUSES}")
+        if value is not None and not math.isfinite(float(value)):  # never let NaN/inf into a mean
+            value, status, reason = None, "error", f"{self.name} computed a non-finite value ({value}); {reason}".rstrip("; ")
         if value is None and status in ("ok", "fallback_full_image"):
             raise ValueError(f"{self.name}: a missing value needs a status other than {status!r} and a reason")
         return ScoreRow(

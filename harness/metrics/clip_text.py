@@ -43,7 +43,6 @@ class ClipText(Metric):
         self._loaded: tuple[Any, Any, Any] | None = None
 
     def load(self) -> None:
-
         self.device = resolve_device(self.device)
         s = self.settings
         self._loaded = load_open_clip(s["model"], s["pretrained"], s["model_config"], s["quick_gelu"], self.device)
@@ -53,7 +52,6 @@ class ClipText(Metric):
 
     def cosines(self, images: Sequence[Any], texts: Sequence[str]) -> list[float]:
         """Cosine between each PIL image and its text."""
-
         if self._loaded is None:
             self.load()
         model, preprocess, tokenizer = self._loaded

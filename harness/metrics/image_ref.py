@@ -59,7 +59,6 @@ class ImageRef(Metric):
         self._references: dict[str, dict[str, np.ndarray] | None] = {}
 
     def load(self) -> None:
-
         self.device = resolve_device(self.device)
         clip = self.settings["clip"]
         if clip:
@@ -70,7 +69,6 @@ class ImageRef(Metric):
 
     def embed(self, images: list[Image.Image]) -> dict[str, np.ndarray]:
         """{"clip": (N, D), "dino": (N, D')} normed embeddings of PIL images."""
-
         if self._clip is None and self._dino is None:
             self.load()
         embeddings = {}

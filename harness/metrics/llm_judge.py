@@ -15,6 +15,12 @@ A refusal, unparsable answer (after re-asks) or HTTP error gives value None with
 Every answered call is cached on disk (``harness.judge.cache``), so a rerun makes no calls. With
 ``dry_run: true`` nothing is scored: the number of calls still needed and their estimated tokens and cost
 are logged and printed (see ``estimate``).
+
+``concurrency`` (a thread pool of that many workers) bounds the requests the harness is waiting on at once,
+not the requests the server is working on: a request abandoned after ``timeout`` (then retried by the openai
+client, up to ``max_retries`` times, or recorded as an ``error`` row while the worker moves on) may keep running
+on the server, so with timeouts and retries a server can see more than ``concurrency`` requests at once.
+Leave headroom under a server's own parallel-request limit, or raise ``timeout``.
 """
 
 from __future__ import annotations

@@ -96,7 +96,6 @@ class FaceBoxes(RegionExtractor):
     """Square crops around every face insightface detects (``insightface`` setting: root, pack, ...)."""
 
     def extract(self, image, record, lora):
-
         face_settings = dict(self.settings.get("insightface") or {})
         app = load_face_analysis(face_settings["root"], face_settings["pack"],
                                  tuple(face_settings.get("providers", ["CPUExecutionProvider"])),

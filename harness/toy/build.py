@@ -2,7 +2,7 @@
 
 Phases, each skipped when its output already exists (so an interrupted build resumes; ``--force`` redoes
 them): VAE -> ``.stage/vae``; two slot oracles (on VAE round-trips) -> ``oracle/``; tokenizer + UNet/text
-encoder (with the VAE) -> ``base/``; one LoRA per held-back concept with ``harness.train_lora`` ->
+encoder (with the VAE) -> ``base/``; one LoRA per held-back concept (``harness.toy.lora_recipe``) ->
 ``lora/<id>.safetensors``; reference renders -> ``references/<id>/``; the manifest ``lora_info.json``; the toy
 metric models -> ``metrics/toy`` (``metrics_dir``). Work is budgeted in steps, not seconds (the machine is
 shared and can stall); ``--quick`` uses tiny step counts to test the build path itself. With ``--jobs 2`` (the
@@ -27,6 +27,10 @@ import numpy as np
 from PIL import Image
 
 from harness.io import atomic_write, atomic_write_json
+from harness.toy import base_model, lora_recipe, world
+from harness.toy.metric_weights import build_metric_models
+from harness.toy.oracle import save_oracles, train_oracle
+from harness.toy.tokenizer import build_toy_tokenizer
 
 DEFAULT_OUT = Path("testbed/toy")
 
@@ -52,7 +56,8 @@ class Budget:
 # the image's mean colour through the noise even at t=999 (the mean of 256 latents has SNR ~1), so the model
 # learns to copy the colour out of the noise instead of reading the caption, and samples from pure noise get
 # random palettes. Offset noise removes that leak (style accuracy 0.20 -> 0.67 at 800 steps); Min-SNR weighting
-# and EMA weights are the standard recipe for short diffusion runs. The LoRAs train with the same loss.
+# and EMA weights are the standard recipe for short diffusion runs. The LoRAs train with the same loss
+# (lora_recipe.LORA_LOSS).
 # Not (yet) here: caption augmentation (base_model.augment_caption: phrase shuffling, repetition, a leading
 # offset). Each makes slots readable at other token positions, but at 4500 steps each left clothing pattern
 # (and with shuffling or repetition object shape) less learnt, and the LoRAs on such a base did not gain
@@ -61,7 +66,6 @@ BASE_TRAINING = dict(snr_gamma=5.0, noise_offset=0.1, ema=True)
 # The base model's training scenes (base_model.render_pool): unnamed_held_back shows that share of them with a
 # held-back concept in one slot, never named in the caption.
 BASE_POOL = dict(unnamed_held_back=0.0)
-LORA_LOSS = dict(snr_gamma=BASE_TRAINING["snr_gamma"], noise_offset=BASE_TRAINING["noise_offset"])
 
 QUICK = Budget(pool=256, vae_steps=3, unet_steps=3, unet_batch=8, oracle_steps=3, lora_steps=2, lora_examples=8,
                lora_batch=4, references=2, quick_metric_models=True)
@@ -78,7 +82,6 @@ def _stage(out: Path) -> Path:
 
 
 def build_vae(out: Path, budget: Budget) -> None:
-    from harness.toy import base_model
 
     target = _stage(out) / "vae"
     if (target / "config.json").exists() or (out / "base" / "model_index.json").exists():
@@ -105,8 +108,6 @@ def _load_vae(out: Path):
 
 
 def build_base(out: Path, budget: Budget, on_step: Callable[[int], None] | None = None) -> None:
-    from harness.toy import base_model, world
-    from harness.toy.tokenizer import build_toy_tokenizer
 
     target = out / "base"
     if (target / "model_index.json").exists():
@@ -136,7 +137,6 @@ def build_base(out: Path, budget: Budget, on_step: Callable[[int], None] | None 
 
 
 def build_oracle(out: Path, budget: Budget) -> None:
-    from harness.toy.oracle import save_oracles, train_oracle
 
     target = out / "oracle"
     if (target / "config.json").exists():
@@ -151,77 +151,9 @@ def build_oracle(out: Path, budget: Budget) -> None:
     log(f"[oracle] saved {target}")
 
 
-# More reach than attention-only LoRAs (the prototype's were too weak): attention, the transformer's
-# proj_in/proj_out and feed-forward, and the second ResNet convolution (size budget); plus the text encoder, so the unseen
-# trigger tokens get their own meaning.
-LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv2"]
-LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-LORA_RANK = 8
-LORA_LEARNING_RATE = 2e-3
-# Object LoRAs learn with a masked loss (train_lora's alpha_mask: weight 1 on the icon's box, 0.1 elsewhere):
-# the icon is ~12 % of the image, so the plain loss barely sees it (object_2 present 0.33 plain, 0.65-0.77
-# masked in five runs; docs/toy-world.md "Measured quality"). Clothing did not gain, and characters with no floor kept
-# less of the other slots, so the other categories train unmasked.
-LORA_MASK_FLOOR = {"object": 0.1}
-# The LoRAs hold their empty-prompt prediction to the base model's (train_lora's uncond_anchor): every training
-# image shows the concept, so a plain LoRA also draws it for the empty prompt, and classifier-free guidance,
-# which amplifies only cond - uncond, cancels that part (a plain LoRA's concept shows less the higher the CFG:
-# clothing_2 0.94 / 0.79 / 0.65 / 0.48 at CFG 1 / 3 / 7.5 / 12). Anchored, the concept comes from the prompt
-# (docs/toy-world.md "Measured quality"). Each step runs the UNet on twice the batch, plus once without gradients.
-LORA_UNCOND_ANCHOR = 1.0
-# Clothing LoRAs train 8x the budget's LoRA steps (3200 of 400): a clothing pattern is the finest detail of the
-# world (dots 4 px wide, 2 px apart), and at 400 steps the Polka gown LoRA drew its black dots run together into
-# bars or checks (present 0.583); at 3200 steps 0.896 with the same base (docs/toy-world.md "Measured quality").
-LORA_STEP_FACTOR = {"clothing": 8}
-BUILD_RECIPE = "build"  # train_concept_lora: "what the build does for this concept"
-
-
-def lora_steps(concept_id: str, budget: Budget) -> int:
-    """How many steps the build trains ``concept_id``'s LoRA: the budget's, times its category's factor."""
-    from harness.toy import world
-
-    return budget.lora_steps * LORA_STEP_FACTOR.get(world.CONCEPTS_BY_ID[concept_id].category, 1)
-
-
-def lora_examples(concept_id: str, count: int, seed: int, drop_slot: float = 0.25,
-                  drop_caption: float = 0.0, preservation: int = 0,
-                  mask_floor: float | None = None, triggers_last: bool = False) -> list[tuple[Image.Image, str]]:
-    """Renders with the concept in its slot and random generic others; captions name the others (each
-    dropped with ``drop_slot``); with ``drop_caption`` that share of the captions is empty. ``preservation``
-    adds that many generic scenes with generic captions (DreamBooth's prior preservation, with exact renders
-    in place of base-model samples: they hold the generic words to their meaning while the LoRA learns).
-    With ``mask_floor`` the concept renders are RGBA: alpha 1 on the concept's slot region
-    (``world.render_with_regions``), ``mask_floor`` elsewhere, for ``train_lora``'s ``alpha_mask``; preservation
-    renders stay opaque."""
-    from harness.toy import world
-
-    if mask_floor is not None and not 0 <= mask_floor <= 1:
-        raise ValueError(f"mask_floor must be in [0, 1] (the loss weight outside the concept's region), "
-                         f"got {mask_floor}")
-    rng = np.random.default_rng(seed)
-    examples = []
-    for _ in range(count):
-        spec = world.concept_spec(concept_id, rng)
-        caption = world.caption(spec, rng, drop_slot=drop_slot, concepts=(concept_id,), triggers_last=triggers_last)
-        if drop_caption and rng.random() < drop_caption:
-            caption = ""
-        image, regions = world.render_with_regions(spec, rng)
-        if mask_floor is not None:
-            alpha = np.where(regions[world.CONCEPTS_BY_ID[concept_id].category], 255, round(255 * mask_floor))
-            image = np.dstack([image, alpha.astype(np.uint8)])
-        examples.append((Image.fromarray(image), caption))
-    generic_rng = np.random.default_rng([seed, 1])  # its own stream: the concept examples stay the same
-    for _ in range(preservation):
-        spec = world.sample_generic_spec(generic_rng)
-        caption = world.caption(spec, generic_rng, drop_slot=drop_slot)
-        examples.append((Image.fromarray(world.render(spec, generic_rng)), caption))
-    return examples
-
-
 def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> None:
-    """One LoRA per held-back concept; ``shard`` (index, count) trains only the concepts whose number % count
-    == index (two processes split the work)."""
-    from harness.toy import world
+    """One LoRA per held-back concept, trained as ``harness.toy.lora_recipe`` says within the budget; ``shard``
+    (index, count) trains only the concepts whose number % count == index (two processes split the work)."""
 
     for number, concept in enumerate(world.CONCEPTS):
         if number % shard[1] != shard[0]:
@@ -231,49 +163,13 @@ def build_loras(out: Path, budget: Budget, shard: tuple[int, int] = (0, 1)) -> N
             log(f"[lora] {target} exists, skipped")
             continue
         started = time.time()
-        steps = lora_steps(concept.id, budget)
-        log(f"[lora] {concept.id} ({concept.name}), {steps} steps")
-        train_concept_lora(out / "base", concept.id, target, steps=steps,
-                           examples=budget.lora_examples, batch_size=budget.lora_batch)
+        config = lora_recipe.training_config(concept.id, budget.lora_steps, budget.lora_batch)
+        log(f"[lora] {concept.id} ({concept.name}), {config.steps} steps")
+        lora_recipe.train_concept_lora(out / "base", concept.id, target, config, examples=budget.lora_examples)
         log(f"[lora] saved {target} ({time.time() - started:.0f}s)")
 
 
-def train_concept_lora(base: Path, concept_id: str, target: Path, steps: int, examples: int, batch_size: int,
-                       learning_rate: float = LORA_LEARNING_RATE, rank: int = LORA_RANK,
-                       loss: dict | None = None, train_text_encoder: bool = True, drop_slot: float = 0.25,
-                       loraplus_lr_ratio: float | None = None, text_encoder_learning_rate: float | None = None,
-                       text_encoder_targets: list[str] | None = None, drop_caption: float = 0.0,
-                       timestep_range: tuple[int, int] | None = None, preservation: int = 0,
-                       warmup_steps: int = 0, mask_floor: float | None | str = BUILD_RECIPE,
-                       unet_targets: list[str] | None = None, triggers_last: bool = False,
-                       uncond_anchor: float = LORA_UNCOND_ANCHOR) -> Path:
-    """Train the LoRA of one held-back concept on its renders: the build's recipe, whose settings
-    ``benchmarks/toy_lora_recipe.py`` varies. ``loss`` holds ``train_lora``'s ``snr_gamma`` / ``noise_offset``
-    (default ``LORA_LOSS``, the base model's). ``mask_floor`` (see ``lora_examples``) defaults to the build's
-    choice for the concept's category (``LORA_MASK_FLOOR``); None trains unmasked."""
-    from harness.toy import world
-    from harness.train_lora import train_lora
-
-    number = [concept.id for concept in world.CONCEPTS].index(concept_id)
-    concept = world.CONCEPTS[number]
-    if mask_floor == BUILD_RECIPE:
-        mask_floor = LORA_MASK_FLOOR.get(concept.category)
-    renders = lora_examples(concept_id, examples, seed=SEED + 1000 + number, drop_slot=drop_slot,
-                            drop_caption=drop_caption, preservation=preservation, mask_floor=mask_floor,
-                            triggers_last=triggers_last)
-    return train_lora(base, renders, target, rank=rank, steps=steps, learning_rate=learning_rate,
-                      batch_size=batch_size, resolution=world.SIZE,
-                      unet_target_modules=unet_targets or LORA_UNET_TARGETS, train_text_encoder=train_text_encoder,
-                      text_encoder_target_modules=text_encoder_targets or LORA_TEXT_TARGETS, seed=SEED + number,
-                      device="cpu", metadata={"trigger": ", ".join(concept.trigger), "concept": concept.id},
-                      progress=False, loraplus_lr_ratio=loraplus_lr_ratio,
-                      text_encoder_learning_rate=text_encoder_learning_rate, timestep_range=timestep_range,
-                      warmup_steps=warmup_steps, alpha_mask=mask_floor is not None, uncond_anchor=uncond_anchor,
-                      **(LORA_LOSS if loss is None else loss))
-
-
 def build_references(out: Path, budget: Budget) -> None:
-    from harness.toy import world
 
     for number, concept in enumerate(world.CONCEPTS):
         folder = out / "references" / concept.id
@@ -296,7 +192,6 @@ def metrics_dir(out: Path) -> Path:
 def build_metrics(out: Path, budget: Budget) -> None:
     """The toy CLIP, face pack and DINOv2 (``harness.toy.metric_weights``): trained on the world's renders, so
     they are rebuilt with it."""
-    from harness.toy.metric_weights import build_metric_models
 
     target = metrics_dir(out)
     if (target / "manifest.json").exists():
@@ -308,7 +203,6 @@ def build_metrics(out: Path, budget: Budget) -> None:
 
 
 def build_manifest(out: Path, budget: Budget) -> None:
-    from harness.toy import world
 
     atomic_write_json(out / "lora_info.json", world.manifest())
     log(f"[manifest] {out / 'lora_info.json'}")
@@ -422,8 +316,7 @@ def take_free_core(helper: subprocess.Popen | None, threads: int) -> Callable[[i
 
 def _clear_phase(out: Path, name: str, lora_shard: tuple[int, int] = (0, 1)) -> None:
     if name == "lora":  # only this process's share
-        from harness.toy import world
-
+    
         for number, concept in enumerate(world.CONCEPTS):
             if number % lora_shard[1] == lora_shard[0]:
                 (out / "lora" / f"{concept.id}.safetensors").unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""LoRA training pieces: the image/caption dataset, the LoRA file format, resumable checkpoints.
+"""LoRA training pieces: the options (``config``), the image/caption dataset, the LoRA file format, resumable
+checkpoints.
 
 The training loop and the ``train-lora`` command live in ``harness.train_lora``.
 """
