@@ -25,7 +25,9 @@ from harness.config import metric_config
 from harness.metrics.base import METRICS, Metric
 from harness.paths import resolve_path
 from harness.scoring import score_results
-from harness.store import iter_images, load_scores, new_set_metadata, set_folder, write_set_metadata
+from harness.store import (
+    image_filename, is_results_folder, iter_images, load_scores, new_set_metadata, set_folder, write_set_metadata,
+)
 from harness.tables import lora_ids, tidy_table
 from harness.toy import world
 from harness.validity import GroundTruth, ground_truth_pairs, validity_table, write_validity
@@ -71,9 +73,9 @@ def build_results(out: Path, n_sets: int, seeds: int, reference_dir: Path, seed:
             kept = [i for i in set_ids if rng.random() >= rate]
             for concept_id in kept:
                 spec = world.with_concept(spec, concept_id)
-            Image.fromarray(world.render(spec, rng)).save(folder / f"seed{image_seed}.png")
+            Image.fromarray(world.render(spec, rng)).save(folder / image_filename(image_seed))
             records[str(image_seed)] = {
-                "file": f"seed{image_seed}.png", "key": f"{label}/{set_id}/{image_seed}",
+                "file": image_filename(image_seed), "key": f"{label}/{set_id}/{image_seed}",
                 "prompt": world.caption(spec, concepts=tuple(set_ids)), "negative_prompt": "",
                 "truth": {"all_present": len(kept) == len(set_ids), "kept": kept}}
         metadata = new_set_metadata("toy-render", {"name": label, "label": label, "key": label, "settings": {"drop": rate}},
@@ -89,7 +91,7 @@ def main() -> int:
     parser.add_argument("--metrics", nargs="*", default=["clip_text", "arcface", "image_ref"])
     args = parser.parse_args()
     out = Path(args.out)
-    if not (out / "images").exists():
+    if not is_results_folder(out):
         build_results(out, args.sets, args.seeds, resolve_path("testbed/toy/references"))
     metrics = {"render_truth": {}, **{name: metric_config(name) for name in args.metrics}}
     if resolve_path("testbed/toy/oracle").exists():

@@ -89,7 +89,7 @@ def test_sources_from_different_runs(results_dir: Path, tmp_path: Path) -> None:
     # Same method, different noise draws: a small difference, both sides paired on every set.
     assert table.loc[("clip_t", tables.ALL_N), "sets"] == len(SETS)
     assert abs(table.loc[("clip_t", tables.ALL_N), "mean_diff"]) < 0.02
-    jsonl = next((results_dir / "scores" / "clip_t").glob("*/composite.jsonl"))
+    jsonl = next((results_dir / store.SCORES_DIR / "clip_t").glob("*/composite.jsonl"))
     side = compare.resolve_side(str(jsonl), None)
     assert side.label == "composite" and set(side.rows["metric"]) == {"clip_t"}
     assert np.isfinite(side.rows["value"]).all()

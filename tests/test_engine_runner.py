@@ -11,7 +11,7 @@ import pytest
 from tqdm import tqdm
 
 from harness.io import read_json
-from harness.store import iter_failures, iter_images
+from harness.store import iter_failures, iter_images, set_folder
 from harness.runner import RunSummary, image_seed, select_sets
 from engine_support import make_runner, tiny_testbed
 
@@ -85,7 +85,7 @@ def test_same_image_from_any_subset_or_shard(tiny_testbed_dir, tmp_path):
     run_sets(make_runner(testbed, tmp_path / "all", "merge"), sets)
     run_sets(make_runner(testbed, tmp_path / "shard", "merge"), select_sets(sets, shard="1/2")[::-1])
     for image in iter_images(tmp_path / "shard"):
-        twin = tmp_path / "all" / "images" / "merge" / image.set_id / image.path.name
+        twin = set_folder(tmp_path / "all", "merge", image.set_id) / image.path.name
         assert image.path.read_bytes() == twin.read_bytes()
 
 

@@ -100,7 +100,7 @@ def rows_by(rows) -> dict[tuple[str, str], object]:
 
 
 def image_bytes(root: Path, label: str, seed: int = 0) -> bytes:
-    return (root / "images" / label / "hero+hat" / f"seed{seed}.png").read_bytes()
+    return (set_folder(root, label, "hero+hat") / image_filename(seed)).read_bytes()
 
 
 def test_registered_under_its_name():

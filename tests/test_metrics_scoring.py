@@ -13,7 +13,7 @@ from harness.cli import score_main as main
 from harness.metrics.backbones import ModelUnavailable
 from harness.metrics.base import METRICS, Metric
 from harness.scoring import score_results
-from harness.store import SCORE_COLUMNS, load_scores, read_jsonl, scores_path
+from harness.store import SCORE_COLUMNS, SCORES_DIR, load_scores, read_jsonl, scores_path
 
 
 @METRICS.register("test_mean_pixel")
@@ -51,7 +51,7 @@ def clip_settings(tmp_path_factory) -> dict:
 
 
 def _row_count(results: Path) -> int:
-    return sum(len(list(read_jsonl(p))) for p in (results / "scores").rglob("*.jsonl"))
+    return sum(len(list(read_jsonl(p))) for p in (results / SCORES_DIR).rglob("*.jsonl"))
 
 
 def test_resume_writes_no_new_rows(results: Path) -> None:
@@ -76,7 +76,7 @@ def test_rows_go_to_one_file_per_method(results: Path) -> None:
 
 def test_truncated_last_line_is_skipped_and_rescored(results: Path) -> None:
     score_results(results, {"test_mean_pixel": {}}, progress=False)
-    path = next((results / "scores").rglob("merge.jsonl"))
+    path = next((results / SCORES_DIR).rglob("merge.jsonl"))
     text = path.read_text()
     path.write_text(text[: len(text) - 40])  # a writer killed mid-line
     assert len(load_scores(results)) == 5
@@ -88,7 +88,7 @@ def test_truncated_last_line_is_skipped_and_rescored(results: Path) -> None:
 
 def test_corrupt_middle_line_is_an_error(results: Path) -> None:
     score_results(results, {"test_mean_pixel": {}}, progress=False)
-    path = next((results / "scores").rglob("merge.jsonl"))
+    path = next((results / SCORES_DIR).rglob("merge.jsonl"))
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0][:10]] + lines[1:]) + "\n")
     with pytest.raises(ValueError, match="corrupt"):

@@ -50,7 +50,7 @@ def test_stale_rows_of_regenerated_images_are_dropped(results_dir: Path) -> None
 
 def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     folder = make_results_folder(tmp_path / "toy")
-    path = next((folder / "scores" / "clip_t").glob("*/merge.jsonl"))
+    path = next((folder / store.SCORES_DIR / "clip_t").glob("*/merge.jsonl"))
     before = len(tables.tidy_table(folder))
     with open(path, "a", encoding="utf-8") as handle:
         handle.write('{"image_id": "merge/n2_a/se')
@@ -153,7 +153,7 @@ def test_table_cli_rebuilds_and_reports_bad_folder(tmp_path: Path, capsys: pytes
 
 def test_folder_with_images_but_no_scores(tmp_path: Path) -> None:
     folder = make_results_folder(tmp_path / "toy")
-    shutil.rmtree(folder / "scores")
+    shutil.rmtree(folder / store.SCORES_DIR)
     paths = tables.write_tables(folder)
     coverage = pd.read_csv(paths["coverage"], keep_default_na=False).set_index("method_label")
     assert coverage.loc["merge", "images_generated"] == len(SETS) * len(SEEDS)
