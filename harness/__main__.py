@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "report": "harness.cli:report_main",
     "compare": "harness.compare:main",
     "train-lora": "harness.train_lora:main",
+    "dataset": "harness.identity.prepare:main",
+    "strength": "harness.identity.strength:main",
     "testbed": "harness.toy.build:main",
     "bench": "harness.bench:main",
     "demo": "harness.demo:main",

@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+# Every image file the harness reads (training images, references, photos to prepare), one list for all.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (atomic on POSIX)."""

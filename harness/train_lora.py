@@ -16,6 +16,7 @@ hold) are ``harness.training.config.LoraTrainingConfig``; this module owns the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import sys
 from dataclasses import dataclass, replace
@@ -28,17 +29,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 import harness
+from harness.devices import resolve_device
 from harness.io import stable_hash
 from harness.pipelines import ModelLoadError, load_pipeline, model_identity
 from harness.training import TrainingInputError
 from harness.training.checkpoint import load_checkpoint, save_checkpoint
 from harness.training.config import DEFAULT_TEXT_ENCODER_TARGETS, DEFAULT_UNET_TARGETS, LoraTrainingConfig
-from harness.training.dataset import alpha_channel, has_alpha, load_examples, open_image, resize_and_center_crop
+from harness.training.dataset import (
+    alpha_channel, dataset_trigger, example_problems, has_alpha, load_examples, open_image, resize_and_center_crop,
+)
 from harness.training.lora_file import adapter_config, save_lora_file
+from harness.training.validation import grid_path, render_validation, validation_folder, write_validation_grid
 from harness.training.losses import denoising_loss
 
 MAX_GRAD_NORM = 1.0
 WEIGHT_DECAY = 1e-2
+# schedules whose rate at a step depends on the total steps: a run with them cannot be extended by more steps
+STEP_DEPENDENT_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 
 __all__ = ["train_lora", "fit_lora", "TrainedLora", "LoraTrainingConfig", "load_examples", "main",
            "TrainingInputError"]
@@ -53,14 +60,22 @@ class TrainedLora:
     rank: int
     alpha: float
     record: dict[str, Any]  # the training record stored in the file's metadata
+    save_format: str = "diffusers"
 
     def save(self, output_path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write the LoRA as safetensors (atomically); ``metadata`` is stored next to the training record."""
+        """Write the LoRA as safetensors (atomically, in ``save_format``); ``metadata`` is stored next to the
+        training record."""
         from peft.utils import get_peft_model_state_dict
 
         file_parts = {part: (_cpu(get_peft_model_state_dict(module)), adapter_config(self.rank, self.alpha, targets))
                       for part, (module, targets) in self.parts.items()}
-        return save_lora_file(output_path, file_parts, {**(metadata or {}), **self.record})
+        return save_lora_file(output_path, file_parts, {**(metadata or {}), **self.record}, self.save_format)
+
+
+def step_file(output_path: str | Path, step: int) -> Path:
+    """Where ``--save-every`` puts the LoRA of ``step``: ``<out>-step<N>.safetensors`` next to ``<out>``."""
+    output_path = Path(output_path)
+    return output_path.with_name(f"{output_path.stem}-step{step:06d}.safetensors")
 
 
 def train_lora(
@@ -84,8 +99,25 @@ def train_lora(
     if output_path.suffix != ".safetensors":
         raise TrainingInputError(f"The LoRA output {str(output_path)!r} is not a .safetensors path. Fix: name "
                                  "the output file <name>.safetensors.")
-    trained = fit_lora(base_model, examples, config, on_step=on_step, **options)
-    return trained.save(output_path, metadata)
+    config = LoraTrainingConfig(**options) if config is None else replace(config, **options)
+    prompts = list(config.validation_prompts or [])
+
+    def validate(step: int, trained: TrainedLora) -> None:
+        if prompts:
+            render_validation(trained.pipeline, [module for module, _ in trained.parts.values()], prompts, step,
+                              validation_folder(output_path), seed=config.validation_seed,
+                              sampling_steps=config.validation_sampling_steps, guidance=config.validation_guidance,
+                              resolution=config.resolution)
+            write_validation_grid(validation_folder(output_path), prompts, grid_path(output_path))
+
+    def on_save(step: int, trained: TrainedLora) -> None:
+        trained.save(step_file(output_path, step), metadata)
+        validate(step, trained)
+
+    trained = fit_lora(base_model, examples, config, on_step=on_step, on_save=on_save)
+    path = trained.save(output_path, metadata)
+    validate(config.steps, trained)
+    return path
 
 
 def fit_lora(
@@ -94,9 +126,13 @@ def fit_lora(
     config: LoraTrainingConfig | None = None,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    on_save: Callable[[int, TrainedLora], None] | None = None,
     **options: Any,
 ) -> TrainedLora:
-    """The training itself (see ``train_lora``); returns the pipeline with the trained adapter, unsaved."""
+    """The training itself (see ``train_lora``); returns the pipeline with the trained adapter, unsaved.
+
+    With ``config.save_every`` N, ``on_save(step, trained)`` is called after every N-th step before the last
+    (``trained`` holds the adapter of that step; ``train_lora`` saves it and renders the validation prompts)."""
     from diffusers import DDPMScheduler
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -107,6 +143,12 @@ def fit_lora(
     if not examples:
         raise TrainingInputError("Cannot train the LoRA: no training examples were given (pass at least one "
                                  "(image, caption) pair). Fix: correct those settings.")
+    optimizer_class = _optimizer_class(config.optimizer, resolve_device(config.device))
+    if config.mixed_precision != "no" and not resolve_device(config.device).startswith("cuda"):
+        raise TrainingInputError(
+            f"Cannot train with mixed precision ({config.mixed_precision}) on {resolve_device(config.device)}: it "
+            "autocasts to half precision on CUDA GPUs, where it saves memory and time; on a CPU it would be slower "
+            "or unsupported. Fix: leave --mixed-precision at no (fp32), or train on a GPU (--device cuda).")
 
     images = [open_image(image) for image, _ in examples]
     pixels = torch.stack([_to_tensor(resize_and_center_crop(image.convert("RGB"), config.resolution))
@@ -160,12 +202,28 @@ def fit_lora(
                 f"{list(DEFAULT_UNET_TARGETS if part == 'unet' else DEFAULT_TEXT_ENCODER_TARGETS)})."
             ) from error
         module.train()
+    if config.gradient_checkpointing:  # non-reentrant: the frozen inputs carry no grad, the LoRA weights do
+        unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = [p for module, _ in parts.values() for p in module.parameters() if p.requires_grad]
-    optimizer = _optimizer(parts, config.learning_rate, config.text_encoder_learning_rate, config.loraplus_lr_ratio)
+    optimizer = _optimizer(parts, config.learning_rate, config.text_encoder_learning_rate, config.loraplus_lr_ratio,
+                           optimizer_class)
     peak_rates = [group["lr"] for group in optimizer.param_groups]
+    rate_factors = None  # constant: the trainer's own warm-up below
+    if config.lr_scheduler != "constant":  # diffusers' schedules, as functions of the step (nothing to resume)
+        from diffusers.optimization import get_scheduler
+
+        rate_factors = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                                     num_training_steps=config.steps).lr_lambdas
+    autocast = (torch.autocast("cuda", dtype=torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16)
+                if config.mixed_precision != "no" else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
 
     identity = model_identity(base_model)
     settings = config.fingerprint_settings()
+    if config.lr_scheduler in STEP_DEPENDENT_SCHEDULERS:  # the rate of every step depends on the total
+        settings["schedule_steps"] = config.steps
     if masks is not None:  # the masks are data: their content, not the switch, must match
         settings["alpha_mask"] = hashlib.sha256(masks.cpu().numpy().tobytes()).hexdigest()
     fingerprint = stable_hash({"base": identity["base_hash"], "captions": captions, **settings,
@@ -184,14 +242,30 @@ def fit_lora(
             for part, (module, _) in parts.items():
                 set_peft_model_state_dict(module, state["lora"][part])
             optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["torch_rng"])
             start_step, losses = state["step"], list(state["losses"])
+
+    def record_of(losses: list[float]) -> dict[str, Any]:
+        return {
+            "trainer": "harness.train_lora", "harness_version": harness.__version__, "base_model": identity,
+            **config.record(),
+            "prediction_type": prediction_type,
+            "num_images": len(examples),
+            "captions": sorted(set(captions))[:50],
+            # mean loss of the last tenth of training: noisy (random timesteps) but comparable between runs
+            "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
+        }
 
     batches = _BatchSchedule(len(examples), batch_size, config.seed)
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train-lora",
                disable=not config.progress)
     for step in bar:
-        if config.warmup_steps:  # linear warm-up, a function of the step alone (nothing to resume)
+        if rate_factors is not None:
+            for group, peak, factor in zip(optimizer.param_groups, peak_rates, rate_factors):
+                group["lr"] = peak * factor(step)
+        elif config.warmup_steps:  # linear warm-up, a function of the step alone (nothing to resume)
             for group, peak in zip(optimizer.param_groups, peak_rates):
                 group["lr"] = peak * min(1.0, (step + 1) / config.warmup_steps)
         generator = torch.Generator().manual_seed(_derived_seed(config.seed, "step", step))
@@ -208,24 +282,32 @@ def fit_lora(
         low, high = timestep_range or (0, noise_scheduler.config.num_train_timesteps)
         timesteps = torch.randint(low, high, (len(index),), generator=generator).to(run_device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
-        if config.uncond_anchor:  # the empty prompt rides in the same UNet call (cheaper than a second one)
-            empty_states = text_encoder(empty_ids)[0] if config.train_text_encoder else empty_base
-            prediction, empty_prediction = unet(
-                torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
-                torch.cat([text_states, empty_states.expand(len(noisy), -1, -1)])).sample.chunk(2)
+        with autocast:
+            text_states = cached_text[index] if cached_text is not None else text_encoder(input_ids[index])[0]
+            if config.uncond_anchor:  # the empty prompt rides in the same UNet call (cheaper than a second one)
+                empty_states = text_encoder(empty_ids)[0] if config.train_text_encoder else empty_base
+                prediction, empty_prediction = unet(
+                    torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+                    torch.cat([text_states, empty_states.expand(len(noisy), -1, -1)])).sample.chunk(2)
+            else:
+                prediction = unet(noisy, timesteps, text_states).sample
+            pixel_weights = masks[orientation, index] if masks is not None else None
+            loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, config.snr_gamma,
+                                  pixel_weights)
+            denoising = loss.item()  # what losses, on_step and final_loss report: comparable with or without the anchor
+            if config.uncond_anchor:
+                loss = loss + config.uncond_anchor * F.mse_loss(
+                    empty_prediction.float(), _base_prediction(unet, noisy, timesteps, empty_base).float())
+        if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+            scaler.step(optimizer)
+            scaler.update()
         else:
-            prediction = unet(noisy, timesteps, text_states).sample
-        pixel_weights = masks[orientation, index] if masks is not None else None
-        loss = denoising_loss(noise_scheduler, prediction, latents, noise, timesteps, config.snr_gamma,
-                              pixel_weights)
-        denoising = loss.item()  # what losses, on_step and final_loss report: comparable with or without the anchor
-        if config.uncond_anchor:
-            loss = loss + config.uncond_anchor * F.mse_loss(empty_prediction,
-                                                            _base_prediction(unet, noisy, timesteps, empty_base))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(denoising)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -236,21 +318,15 @@ def fit_lora(
                 "fingerprint": fingerprint, "step": step + 1, "losses": losses, "torch_rng": torch.get_rng_state(),
                 "optimizer": optimizer.state_dict(),
                 "lora": {part: _cpu(get_peft_model_state_dict(module)) for part, (module, _) in parts.items()},
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             })
+        if on_save is not None and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < steps:
+            on_save(step + 1, TrainedLora(pipe, parts, config.rank, config.lora_alpha,
+                                          {**record_of(losses), "saved_at_step": step + 1}, config.save_format))
     bar.close()
     for module, _ in parts.values():
         module.eval()
-
-    record = {
-        "trainer": "harness.train_lora", "harness_version": harness.__version__, "base_model": identity,
-        **config.record(),
-        "prediction_type": prediction_type,
-        "num_images": len(examples),
-        "captions": sorted(set(captions))[:50],
-        # mean loss of the last tenth of training: noisy (random timesteps) but comparable between runs
-        "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None,
-    }
-    return TrainedLora(pipe, parts, config.rank, config.lora_alpha, record)
+    return TrainedLora(pipe, parts, config.rank, config.lora_alpha, record_of(losses), config.save_format)
 
 
 @torch.no_grad()
@@ -283,13 +359,31 @@ class _BatchSchedule:
         return torch.stack([self._permutation(p // self.count)[p % self.count] for p in positions])
 
 
+def _optimizer_class(name: str, device: str) -> type[torch.optim.Optimizer]:
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW (a clear error where it is not installed or cannot run)."""
+    if name == "adamw":
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise TrainingInputError(
+            "Cannot train with --optimizer adamw8bit: 8-bit AdamW comes from bitsandbytes, which is not installed "
+            f"({error}). Fix: `pip install bitsandbytes` (needs a CUDA GPU), or use --optimizer adamw.") from error
+    if not device.startswith("cuda"):
+        raise TrainingInputError(f"Cannot train with --optimizer adamw8bit on {device}: bitsandbytes' 8-bit AdamW "
+                                 "runs on CUDA GPUs. Fix: use --optimizer adamw, or train on a GPU.")
+    return bitsandbytes.optim.AdamW8bit
+
+
 def _optimizer(parts: dict[str, tuple[torch.nn.Module, list[str]]], learning_rate: float,
-               text_encoder_learning_rate: float | None, loraplus_lr_ratio: float | None) -> torch.optim.Optimizer:
-    """AdamW over the adapters: one parameter group per part (the text encoder's at its own rate when given),
-    split by peft into A and B groups for LoRA+. Plain settings give one group (so older checkpoints resume)."""
+               text_encoder_learning_rate: float | None, loraplus_lr_ratio: float | None,
+               optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW) -> torch.optim.Optimizer:
+    """AdamW (``optimizer_class``) over the adapters: one parameter group per part (the text encoder's at its own
+    rate when given), split by peft into A and B groups for LoRA+. Plain settings give one group (so older
+    checkpoints resume)."""
     if loraplus_lr_ratio is None and not text_encoder_learning_rate:
-        return torch.optim.AdamW([p for module, _ in parts.values() for p in module.parameters() if p.requires_grad],
-                                 lr=learning_rate, weight_decay=WEIGHT_DECAY)
+        return optimizer_class([p for module, _ in parts.values() for p in module.parameters() if p.requires_grad],
+                               lr=learning_rate, weight_decay=WEIGHT_DECAY)
     groups = []
     for part, (module, _) in parts.items():
         rate = text_encoder_learning_rate if part == "text_encoder" and text_encoder_learning_rate else learning_rate
@@ -301,8 +395,8 @@ def _optimizer(parts: dict[str, tuple[torch.nn.Module, list[str]]], learning_rat
             groups += create_loraplus_optimizer(module, torch.optim.AdamW, lr=rate,
                                                 loraplus_lr_ratio=loraplus_lr_ratio,
                                                 weight_decay=WEIGHT_DECAY).param_groups
-    return torch.optim.AdamW([group for group in groups if group["params"]], lr=learning_rate,
-                             weight_decay=WEIGHT_DECAY)
+    return optimizer_class([group for group in groups if group["params"]], lr=learning_rate,
+                           weight_decay=WEIGHT_DECAY)
 
 
 def _derived_seed(seed: int, *names: Any) -> int:
@@ -368,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trigger", default=None, help="trigger phrase: captions every image, or is put in "
                                                         "front of captions that lack it")
     parser.add_argument("--caption-extension", default=".txt", help="extension of the caption files")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse the data when a caption lacks the trigger or an image is much smaller than "
+                             "the resolution or far from square (default: a warning each)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a shared CPU, 1 can be several times faster)")
@@ -383,8 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = LoraTrainingConfig.from_args(args)
         examples = load_examples(args.images, trigger=args.trigger, caption_extension=args.caption_extension)
+        trigger = args.trigger or dataset_trigger(args.images)
+        problems = example_problems(examples, config.resolution, trigger)
+        if problems and args.strict:
+            raise TrainingInputError("--strict: " + "; ".join(problems) + ".")
+        for problem in problems:
+            print(f"warning: {problem}.", file=sys.stderr)
         path = train_lora(args.base, examples, args.out, config,
-                          metadata={"trigger": args.trigger} if args.trigger else None)
+                          metadata={"trigger": trigger} if trigger else None)
     except ModelLoadError as error:
         # the loader's message names the Hydra config keys; say the matching command-line options
         message = str(error).replace("`model.base`", "--base").replace("`model.single_file_config`",

@@ -446,7 +446,7 @@ def test_the_command_line_options_are_the_config_fields():
     data = ["--base", "model", "--images", "folder", "--out", "out.safetensors"]
     defaults = parser.parse_args(data)
     assert set(vars(defaults)) == {f.name for f in fields(LoraTrainingConfig)} | {
-        "base", "images", "trigger", "caption_extension", "out", "threads"}
+        "base", "images", "trigger", "caption_extension", "out", "threads", "strict"}
     assert LoraTrainingConfig.from_args(defaults) == LoraTrainingConfig()
     given = parser.parse_args(data + ["--lr", "0.01", "--text-encoder", "--unet-targets", "to_q", "proj_in",
                                       "--timestep-range", "300", "1000", "--snr-gamma", "5", "--no-resume",
@@ -492,9 +492,11 @@ def test_only_options_that_change_the_weights_change_the_fingerprint_and_the_rec
         "train_text_encoder": False, "unet_target_modules": ("to_q",), "text_encoder_target_modules": ("q_proj",),
         "seed": 1, "flip": True, "snr_gamma": 5.0, "noise_offset": 0.1, "text_encoder_learning_rate": 1e-3,
         "timestep_range": (0, 500), "warmup_steps": 10, "alpha_mask": True, "uncond_anchor": 1.0,
-        "loraplus_lr_ratio": 16.0,
+        "loraplus_lr_ratio": 16.0, "lr_scheduler": "cosine", "optimizer": "adamw8bit", "mixed_precision": "bf16",
         "single_file_config": "config", "checkpoint_dir": "other", "checkpoint_every": 5, "resume": False,
-        "device": "cpu", "progress": False,
+        "device": "cpu", "progress": False, "gradient_checkpointing": True, "save_every": 10,
+        "validation_prompts": ("zqx",), "validation_seed": 1, "validation_sampling_steps": 5,
+        "validation_guidance": 3.0, "save_format": "kohya",
     }
     assert set(changed_values) == {f.name for f in fields(LoraTrainingConfig)}  # a new option needs a value here
     for name, value in changed_values.items():
@@ -523,5 +525,5 @@ def test_the_fingerprint_and_the_record_keep_the_keys_existing_files_carry():
         "rank", "alpha", "steps", "learning_rate", "batch_size", "resolution", "unet_target_modules",
         "train_text_encoder", "text_encoder_target_modules", "seed", "flip", "snr_gamma", "noise_offset",
         "loraplus_lr_ratio", "text_encoder_learning_rate", "timestep_range", "warmup_steps", "alpha_mask",
-        "uncond_anchor"}
+        "uncond_anchor", "lr_scheduler", "optimizer", "mixed_precision"}
     assert LoraTrainingConfig(text_encoder_learning_rate=1e-3).record()["text_encoder_learning_rate"] is None

@@ -24,13 +24,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from harness.io import IMAGE_SUFFIXES
 from harness.paths import resolve_path
 from harness.metrics.backbones import load_face_analysis, load_face_recognizer
 from harness.metrics.base import METRICS, Metric, ScoreRow
 from harness.metrics.regions import known_boxes, square_box
 from harness.store import ImageRecord
 
-REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+REFERENCE_SUFFIXES = IMAGE_SUFFIXES  # .bmp too: the images a LoRA trains on can be its references
 
 
 def reference_files(lora: dict[str, Any]) -> list[Path]:

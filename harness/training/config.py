@@ -28,6 +28,11 @@ from harness.training import TrainingInputError
 
 DEFAULT_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# diffusers.optimization.get_scheduler's names; "constant" keeps the trainer's own linear warm-up (--warmup-steps)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+OPTIMIZERS = ("adamw", "adamw8bit")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_FORMATS = ("diffusers", "kohya")
 
 # How an option enters the resume fingerprint: "always"; "unless_default" for options added after the first
 # checkpoints were written (left out at their default, those checkpoints still resume); "never".
@@ -104,8 +109,29 @@ class LoraTrainingConfig:
     loraplus_lr_ratio: float | None = option(
         None, "LoRA+: learning rate of the B matrices / that of the A matrices (e.g. 16)", weights=True,
         fingerprint="unless_default")
+    # what users of kohya_ss and diffusers' DreamBooth-LoRA script expect
+    lr_scheduler: str = option(
+        "constant", f"learning-rate schedule, through diffusers.optimization.get_scheduler ({', '.join(LR_SCHEDULERS)}"
+                    "); --warmup-steps is its warm-up", weights=True, fingerprint="unless_default")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes' 8-bit AdamW; CUDA, needs bitsandbytes)",
+                            weights=True, fingerprint="unless_default")
+    mixed_precision: str = option("no", "fp16 or bf16: autocast the forward passes on CUDA (the LoRA weights stay "
+                                        "fp32; refused on CPU); no: fp32", weights=True, fingerprint="unless_default")
 
     # ---- operational options: how the run is carried out, not what it learns
+    gradient_checkpointing: bool = option(False, "gradient checkpointing: recompute activations in the backward "
+                                                 "pass (less memory, ~30 %% slower; same weights)", weights=False)
+    save_every: int = option(0, "also save the LoRA every this many steps, as <out>-step<N>.safetensors (kept; 0: "
+                                "only the final file)", weights=False)
+    validation_prompts: tuple[str, ...] | None = option(
+        None, "prompts of the validation images made at every save (--save-every) and at the end; the grid is "
+              "<out>-validation.png", weights=False, metavar="PROMPT")
+    validation_seed: int = option(0, "seed of the validation images (the same noise at every save)", weights=False)
+    validation_sampling_steps: int = option(20, "denoising steps of each validation image", weights=False)
+    validation_guidance: float = option(7.5, "guidance scale of the validation images", weights=False)
+    save_format: str = option("diffusers", "diffusers (peft keys, read by load_lora_weights) or kohya "
+                                           "(lora_unet_*/lora_te_* keys with alpha, for A1111 / ComfyUI)",
+                              weights=False)
     single_file_config: str | Path | None = option(
         None, "diffusers config folder for a single-file --base checkpoint (needed offline)", weights=False)
     checkpoint_dir: str | Path | None = option(None, "folder of the resumable checkpoint", weights=False)
@@ -117,7 +143,7 @@ class LoraTrainingConfig:
 
     def __post_init__(self) -> None:
         # sequences as tuples: a frozen config must not share a caller's list
-        for name in ("unet_target_modules", "text_encoder_target_modules", "timestep_range"):
+        for name in ("unet_target_modules", "text_encoder_target_modules", "timestep_range", "validation_prompts"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = self._problems()
@@ -155,6 +181,16 @@ class LoraTrainingConfig:
         if self.text_encoder_learning_rate is not None and not self.text_encoder_learning_rate > 0:
             problems.append(f"the text-encoder learning rate (text_encoder_lr) must be > 0 "
                             f"(got {self.text_encoder_learning_rate})")
+        for name, value, allowed in (("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("mixed_precision", self.mixed_precision, MIXED_PRECISIONS),
+                                     ("save_format", self.save_format, SAVE_FORMATS)):
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+        if self.save_every < 0:
+            problems.append(f"save_every must be >= 0 (got {self.save_every})")
+        if self.validation_sampling_steps < 1:
+            problems.append(f"validation_sampling_steps must be >= 1 (got {self.validation_sampling_steps})")
         return problems
 
     # ---- the values training uses

@@ -1,18 +1,26 @@
 """Training examples: a folder of images with kohya-style captions, resized and centre-cropped.
 
 Kohya convention: ``img.png`` is captioned by ``img.txt`` next to it. A trigger phrase can caption every
-image (no caption files), or be put in front of each caption that lacks it.
+image (no caption files), or be put in front of each caption that lacks it. ``example_problems`` lists what
+would otherwise pass silently (a caption without the trigger, an image much smaller than the training
+resolution or far from square); ``train-lora`` prints them as warnings, or refuses with ``--strict``.
+A folder written by ``python -m harness dataset prepare`` names its trigger in ``dataset.json``.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from harness.io import IMAGE_SUFFIXES
 from harness.training import TrainingInputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DATASET_INFO_FILE = "dataset.json"  # written by `dataset prepare`: {"trigger": ..., ...}
+MAX_UPSCALE = 2.0  # an image whose shorter side is below resolution / MAX_UPSCALE is blurred by the resize
+MAX_ASPECT = 1.5  # a longer side above MAX_ASPECT x the shorter loses a third of the image to the centre crop
 
 
 def load_examples(
@@ -57,6 +65,54 @@ def load_examples(
             )
         examples.append((image, caption))
     return examples
+
+
+def dataset_trigger(folder: str | Path) -> str | None:
+    """The trigger named by the folder's ``dataset.json`` (a prepared dataset), else None."""
+    path = Path(folder).expanduser() / DATASET_INFO_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("trigger") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def first_phrase(caption: str) -> str:
+    return caption.split(",")[0].strip()
+
+
+def example_problems(examples: list[tuple[Path, str]], resolution: int, trigger: str | None) -> list[str]:
+    """What is wrong but would train anyway: captions without the trigger (``trigger``, or when None the
+    first phrase most captions share), images the resize blurs or the centre crop cuts. One line each."""
+    problems = []
+    expected = trigger
+    if expected is None and examples:
+        phrase, count = Counter(first_phrase(caption) for _, caption in examples).most_common(1)[0]
+        if phrase and count >= max(2, len(examples) / 2):
+            expected = phrase
+        elif len(examples) > 1:
+            problems.append("no trigger was given and the captions share no first phrase, so no word is sure "
+                            "to call this LoRA. Fix: pass --trigger WORD, or start every caption with it")
+    if expected is not None:
+        lacking = [image.name for image, caption in examples if expected not in caption]
+        if lacking:
+            problems.append(f"{len(lacking)} caption(s) lack the trigger {expected!r}: {', '.join(lacking[:8])}"
+                            f"{' ...' if len(lacking) > 8 else ''}. Fix: add it to those caption files, or pass "
+                            "--trigger to put it in front")
+    for image, _ in examples:
+        try:
+            with Image.open(image) as opened:
+                width, height = opened.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # reported as unreadable when training opens it
+        if min(width, height) * MAX_UPSCALE < resolution:
+            problems.append(f"{image.name} is {width}x{height}: upscaled {resolution / min(width, height):.1f}x "
+                            f"to the training resolution {resolution} (blurred). Fix: use a larger image, or "
+                            "`python -m harness dataset prepare` (it rejects photos that are too small)")
+        elif max(width, height) > MAX_ASPECT * min(width, height):
+            kept = min(width, height) / max(width, height)
+            problems.append(f"{image.name} is {width}x{height}: the centre crop keeps {kept:.0%} of it. Fix: crop "
+                            "it around the subject (`python -m harness dataset prepare` does)")
+    return problems
 
 
 def open_image(image: Image.Image | str | Path) -> Image.Image:
