@@ -136,8 +136,16 @@ def load_adapter(pipe: Any, spec: LoraSpec, min_applied: float = 0.9) -> dict[st
     report: layers in the file and layers applied, per part. A part of which less than ``min_applied`` of the
     file's layers found a layer of the base model is an error (a LoRA for another model would half-work)."""
     state = read_lora_state_dict(spec)
+    # A diffusers-format file keeps its rank and alpha in the file's metadata, which diffusers reads only from
+    # the file itself (a state dict loses it, and alpha != rank would load at the wrong scale): hand it the path.
+    # PEFT files are converted here (alpha folded in) and kohya files carry alpha as tensors: hand over the dict.
+    from_file = spec.path.suffix == ".safetensors" and not any(key.startswith(PEFT_PREFIX) for key in state) \
+        and any(key.startswith(("unet.", "text_encoder.")) for key in state)
     try:
-        pipe.load_lora_weights(state, adapter_name=spec.id)
+        if from_file:
+            pipe.load_lora_weights(str(spec.path.parent), weight_name=spec.path.name, adapter_name=spec.id)
+        else:
+            pipe.load_lora_weights(state, adapter_name=spec.id)
     except Exception as error:
         if spec.id in adapters_loaded(pipe):
             pipe.delete_adapters(spec.id)

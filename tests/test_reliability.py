@@ -256,3 +256,22 @@ def test_a_full_disk_ends_in_one_line(tiny_testbed_dir, tmp_path, monkeypatch, c
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "error: " in err and "disk is full" in err and "Traceback" not in err
+
+
+def test_a_diffusers_lora_with_alpha_other_than_rank_loads_at_alpha_over_rank(tiny_testbed_dir, tmp_path):
+    """The file's lora_adapter_metadata (alpha) reaches the adapter: alpha = 2 x rank doubles the scaling."""
+    from harness.training.lora_file import adapter_config, save_lora_file
+
+    state = load_file(str(tiny_testbed_dir / "lora" / "character_1.safetensors"))
+    unet = {key[len("unet."):]: value for key, value in state.items() if key.startswith("unet.")}
+    targets = sorted({key.split(".lora_")[0].rsplit(".", 1)[-1] for key in unet})
+    rank = next(value.shape[0] for key, value in unet.items() if key.endswith("lora_A.weight"))
+    scales = {}
+    for alpha in (rank, 2 * rank):
+        path = save_lora_file(tmp_path / f"alpha{alpha}.safetensors",
+                              {"unet": (unet, adapter_config(rank, alpha, targets))}, {"trigger": "x"})
+        pipe = _pipe(tiny_testbed_dir)
+        load_adapter(pipe, _spec(f"a{alpha}", path))
+        layer = next(m for m in pipe.unet.modules() if hasattr(m, "scaling") and f"a{alpha}" in m.scaling)
+        scales[alpha] = layer.scaling[f"a{alpha}"]
+    assert scales[2 * rank] == pytest.approx(2 * scales[rank]) and scales[rank] == pytest.approx(1.0)

@@ -41,11 +41,15 @@ FingerprintRule = Literal["always", "unless_default", "never"]
 
 def option(default: Any, help: str, *, weights: bool, flag: str | None = None,
            metavar: tuple[str, ...] | None = None, fingerprint: FingerprintRule = "always",
-           fingerprint_key: str | None = None) -> Any:
-    """A ``LoraTrainingConfig`` field: its default and metadata (see the module docstring)."""
+           fingerprint_key: str | None = None, recorded_at_default: bool = True) -> Any:
+    """A ``LoraTrainingConfig`` field: its default and metadata (see the module docstring).
+
+    ``recorded_at_default=False``: the file's training record names the option only when it is set, so the
+    records of files trained before the option existed still equal their recipe's."""
     return field(default=default, metadata={
         "help": help, "weights": weights, "flag": flag, "metavar": metavar,
         "fingerprint": fingerprint if weights else "never", "fingerprint_key": fingerprint_key,
+        "recorded_at_default": recorded_at_default,
     })
 
 
@@ -112,11 +116,13 @@ class LoraTrainingConfig:
     # what users of kohya_ss and diffusers' DreamBooth-LoRA script expect
     lr_scheduler: str = option(
         "constant", f"learning-rate schedule, through diffusers.optimization.get_scheduler ({', '.join(LR_SCHEDULERS)}"
-                    "); --warmup-steps is its warm-up", weights=True, fingerprint="unless_default")
+                    "); --warmup-steps is its warm-up", weights=True, fingerprint="unless_default",
+        recorded_at_default=False)
     optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes' 8-bit AdamW; CUDA, needs bitsandbytes)",
-                            weights=True, fingerprint="unless_default")
+                            weights=True, fingerprint="unless_default", recorded_at_default=False)
     mixed_precision: str = option("no", "fp16 or bf16: autocast the forward passes on CUDA (the LoRA weights stay "
-                                        "fp32; refused on CPU); no: fp32", weights=True, fingerprint="unless_default")
+                                        "fp32; refused on CPU); no: fp32", weights=True, fingerprint="unless_default",
+                                recorded_at_default=False)
 
     # ---- operational options: how the run is carried out, not what it learns
     gradient_checkpointing: bool = option(False, "gradient checkpointing: recompute activations in the backward "
@@ -221,6 +227,9 @@ class LoraTrainingConfig:
     def record(self) -> dict[str, Any]:
         """The options that change the weights, as the LoRA file's metadata records them."""
         record = self._weight_settings()
+        for f in fields(self):
+            if not f.metadata["recorded_at_default"] and getattr(self, f.name) == f.default:
+                del record[f.name]
         if not self.train_text_encoder:  # the rate of a text encoder that is not trained is not used
             record["text_encoder_learning_rate"] = None
         return record
