@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def quiet_libraries() -> None:
 
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
+    # Two warnings that tell a user nothing: diffusers renaming `torch_dtype` (kept here so that older
+    # diffusers releases still work), and peft noticing a second adapter, which is how LoRAs are composed.
+    warnings.filterwarnings("ignore", message=r"`torch_dtype` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute", category=UserWarning)
     transformers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.disable_progress_bar()
 
