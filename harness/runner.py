@@ -33,7 +33,8 @@ from harness.prompts import phrase_survives, truncation_report
 from harness.sampler import NonFiniteError, Sampler, SamplingSettings
 from harness.settings import ConfigError, RunSettings, Shard
 from harness.store import (
-    image_filename, iter_set_metadata, new_set_metadata, set_folder, update_set_metadata, write_testbed_info,
+    image_filename, iter_set_metadata, method_folder, new_set_metadata, set_folder, update_set_metadata,
+    write_testbed_info,
 )
 from harness.testbeds import CompositionSet, Testbed
 
@@ -199,7 +200,7 @@ class Runner:
         return set_folder(self.output_dir, self.method_label, composition.id)
 
     def folder_of_label(self) -> Path:
-        return self.folder(CompositionSet("", ())).parent
+        return method_folder(self.output_dir, self.method_label)
 
     def _method_info(self) -> dict[str, Any]:
         return {"name": self.method.name, "label": self.method_label, "key": self.method_key,

@@ -69,9 +69,14 @@ def image_id(method_label: str, set_id: str, seed: int) -> str:
     return f"{method_label}/{set_id}/seed{seed}"
 
 
+def method_folder(results_dir: str | Path, method_label: str) -> Path:
+    """``<results>/images/<method_label>/``: every set of one method label."""
+    return Path(results_dir) / IMAGES_DIR / method_label
+
+
 def set_folder(results_dir: str | Path, method_label: str, set_id: str) -> Path:
     """``<results>/images/<method_label>/<set_id>/``: one set's images and their metadata.json."""
-    return Path(results_dir) / IMAGES_DIR / method_label / set_id
+    return method_folder(results_dir, method_label) / set_id
 
 
 def is_results_folder(results_dir: str | Path) -> bool:

@@ -84,7 +84,7 @@ def test_a_label_holds_one_setting(tiny_testbed_dir, tmp_path):
     run(tiny_testbed(tiny_testbed_dir), merge, "merge", _settings(tmp_path))
     other_scale = tiny_testbed(tiny_testbed_dir, sampling={"steps": 6, "guidance_scale": 7.5, "height": 32,
                                                            "width": 32, "lora_scale": 0.4})
-    with pytest.raises(ConfigError, match=r"lora_scale: 0\.8 there, 0\.4 now.*method\.label=merge_"):
+    with pytest.raises(ConfigError, match=r"images/merge already holds .*lora_scale: 0\.8 there, 0\.4 now.*method\.label=merge_"):
         run(other_scale, merge, "merge", _settings(tmp_path))
     before = read_json(next(tmp_path.rglob("metadata.json")))["images"]["0"]["key"]
     run(other_scale, merge, "merge", _settings(tmp_path, overwrite=True))  # asked for: regenerated
