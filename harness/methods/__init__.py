@@ -1,7 +1,7 @@
 """Composition methods: ``METHODS.get(name)(**settings)``. Importing this package registers the built-ins."""
 
 from harness.methods import builtin  # noqa: F401  (registers base, single, merge, switch, composite, w_*)
-from harness.methods.base import (METHODS, CompositionMethod, ImageContext, ImagePlan, Pass,
+from harness.methods.base import (METHODS, CompositionMethod, ImageContext, ImagePlan, LayerRouting, Pass,
                                   StepPlan)
 
-__all__ = ["METHODS", "CompositionMethod", "ImageContext", "ImagePlan", "Pass", "StepPlan"]
+__all__ = ["METHODS", "CompositionMethod", "ImageContext", "ImagePlan", "LayerRouting", "Pass", "StepPlan"]
