@@ -101,3 +101,6 @@ def test_merge_settings_and_recipe_names():
         MergedAdapter(("a",), (1.0,), "linear")
     with pytest.raises(ValueError, match="density"):
         METHODS.get("merge_ties")(density=0)
+    # TIES and DARE prune: without a density they use the YAML's 0.5, and record it (same image key)
+    assert METHODS.get("merge_ties")().settings["density"] == METHODS.get("merge_dare")().settings["density"] == 0.5
+    assert METHODS.get("merge_svd")().settings["density"] is None

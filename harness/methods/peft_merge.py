@@ -24,9 +24,11 @@ class PeftMerge(CompositionMethod):
     """Shared by the peft merge baselines: which ``combination_type`` each uses is its class attribute."""
 
     combination_type = "svd"
+    default_density: float | None = None  # TIES and DARE prune; ``cat`` and ``svd`` do not
 
     def __init__(self, density: float | None = None, svd_rank: int | None = None, seed: int = 0,
                  **settings: Any) -> None:
+        density = self.default_density if density is None else density
         if density is not None and not 0 < float(density) <= 1:
             raise ValueError(f"density must be in (0, 1], got {density}")
         super().__init__(density=density, svd_rank=svd_rank, seed=seed, **settings)
@@ -62,6 +64,7 @@ class MergeTIES(PeftMerge):
     """peft ``ties_svd``: TIES (trim to ``density``, elect signs, disjoint mean) of the λ ΔW_k, then SVD."""
 
     combination_type = "ties_svd"
+    default_density = 0.5  # our choice; the YAML says so too
 
 
 @METHODS.register("merge_dare")
@@ -69,3 +72,4 @@ class MergeDARE(PeftMerge):
     """peft ``dare_ties_svd``: DARE drop to ``density`` (seeded), TIES sign election, then SVD."""
 
     combination_type = "dare_ties_svd"
+    default_density = 0.5  # our choice; the YAML says so too
