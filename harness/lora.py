@@ -266,12 +266,15 @@ def adapter_deltas(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tens
     return deltas
 
 
-def route_layers(model: torch.nn.Module, routing: dict[str, str]) -> None:
+def route_layers(model: torch.nn.Module, routing: dict[str, str], previous: dict[str, str] | None = None) -> None:
     """Leave each LoRA layer of ``model`` with only the adapter ``routing`` names for it (none if unlisted).
-    Scales stay as they are set; ``set_adapters`` on the model undoes this."""
+    Scales stay as they are set; ``set_adapters`` on the model undoes this. With ``previous`` (the routing in
+    force), only the layers whose choice differs are touched."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):
             chosen = routing.get(name)
+            if previous is not None and previous.get(name) == chosen:
+                continue
             module.set_adapter([chosen] if chosen is not None else [])

@@ -44,15 +44,19 @@ class AdapterSwitch:
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self._unet_state: tuple | None = None
+        self._routed: dict[str, str] | None = None  # the routing in force, if the last state had one
 
     def set_unet(self, adapters: dict[str, float], routing: LayerRouting | None = None) -> None:
         state = tuple(adapters.items()) if routing is None else (tuple(adapters.items()), routing.key)
         if state == self._unet_state:
             return
         unet = self.pipe.unet
+        same_scales = self._routed is not None and self._unet_state[0] == tuple(adapters.items())
         if not getattr(unet, "peft_config", None):
             if adapters:
                 raise RuntimeError(f"adapters {list(adapters)} requested but none is loaded in the UNet")
+        elif adapters and routing is not None and same_scales:
+            route_layers(unet, routing.as_dict(), previous=self._routed)  # K-LoRA's next step: what changed
         elif adapters:
             unet.set_adapters(list(adapters), list(adapters.values()))
             unet.enable_lora()
@@ -61,6 +65,7 @@ class AdapterSwitch:
         else:
             unet.disable_lora()
         self._unet_state = state
+        self._routed = routing.as_dict() if routing is not None and adapters else None
 
     def set_text_encoder(self, adapters: dict[str, float]) -> None:
         """Only adapters that have text-encoder weights apply; a LoRA without them leaves the encoder alone."""
@@ -81,6 +86,7 @@ class AdapterSwitch:
     def forget(self) -> None:
         """Call after loading or deleting adapters: diffusers activates the newest one on load."""
         self._unet_state = None
+        self._routed = None
 
 
 @contextlib.contextmanager

@@ -82,6 +82,15 @@ def test_routing_every_layer_equals_weights_fused_by_hand(tiny_testbed_dir):
         routed = sampler.predict(step, latents, torch.tensor(500), text)[0]
         only_first = sampler.predict(StepPlan((Pass.of({specs[0].id: 0.8}),), (1.0,)), latents, torch.tensor(500),
                                      text)[0]
+        # a routing after another one (K-LoRA's next step: only the layers that change are touched) is the
+        # same as that routing applied afresh
+        swapped = LayerRouting(tuple(layers), tuple(specs[(index + 1) % 2].id for index in range(len(layers))))
+        swap_step = StepPlan((Pass.of({s.id: 0.8 for s in specs}, routing=swapped),), (1.0,))
+        sampler.predict(step, latents, torch.tensor(500), text)
+        after_routed = sampler.predict(swap_step, latents, torch.tensor(500), text)[0][1]
+        fresh = Sampler(pipe, batching="sequential").predict(swap_step, latents, torch.tensor(500), text)[0][1]
+        torch.testing.assert_close(after_routed, fresh)
+        assert (after_routed - routed[1]).abs().max() > 1e-4
         modules = dict(pipe.unet.named_modules())
         for layer, adapter in zip(layers, chosen):
             module = modules[layer]
