@@ -2,9 +2,10 @@
 
 Times every method on the same few sets (``--per-n`` evenly spaced sets of each N), interleaved (for each
 repeat, each set, each method) so that a busy machine slows them alike, after one warm-up image per method
-and set (which also builds a peft-merged adapter: the figures are steady state). Prints, per method and N,
-the median seconds per image and the UNet evaluations the sampler counted (full, shallow), then the
-ratio to Merge. A method is ``name`` or ``name:key=value,key=value`` (settings), e.g. ``cmlora:cache=false``.
+and set. A sampler keeps the last two peft merges, so with more sets than that a merge method rebuilds its
+adapter for every image, as a run with one seed per set (the demo) does. Prints, per method and N, the median
+seconds per image, its ratio to Merge's, and the UNet evaluations the sampler counted (full, shallow).
+A method is ``name`` or ``name:key=value,key=value`` (settings), e.g. ``cmlora:cache=false``.
 
     OMP_NUM_THREADS=1 python benchmarks/method_costs.py --testbed toy --batching sequential \\
         --methods merge composite cmlora cmlora:cache=false loratorio klora merge_svd
