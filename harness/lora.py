@@ -3,18 +3,24 @@
 Formats: diffusers (``unet.<module>.lora_A.weight``), kohya / Civitai (``lora_unet_<module>.lora_down.weight``
 + ``alpha``) - both read by diffusers' own ``load_lora_weights`` - and PEFT ``save_pretrained`` files
 (``base_model.model.<module>.lora_A.weight``), which diffusers silently ignores, so they are converted here.
+
+Also here, because they act on loaded adapters: adapters merged from loaded ones with peft's
+``add_weighted_adapter`` (``MergedAdapter``), each layer's weight delta (``adapter_deltas``) and per-layer
+adapter choice (``route_layers``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.io import stable_hash
 from harness.pipelines import cached_sha256
 
 log = logging.getLogger("harness.lora")
@@ -205,3 +211,136 @@ class AdapterCache:
                 del self.reports[oldest]
             self.reports[spec.id] = load_adapter(self.pipe, spec, self.min_applied)
         return {spec.id: self.reports[spec.id] for spec in specs}
+
+
+# -- adapters built from loaded ones (peft merges) ---------------------------------------------------------
+
+COMBINATION_TYPES = ("cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
+
+
+@dataclass(frozen=True)
+class MergedAdapter:
+    """One adapter made from loaded adapters by peft's ``add_weighted_adapter``, in the UNet and the text encoder.
+
+    ``cat`` stacks the A's and B's (exactly sum_k w_k dW_k at rank sum r_k); the ``*_svd`` types combine the full
+    dW's (TIES / DARE pruning with ``density`` first) and truncate to ``svd_rank`` by SVD (None: the largest rank
+    of the sources). ``seed`` fixes DARE's random drop. Types that mix A's and B's separately (``linear``,
+    ``ties``, ``dare_*`` without ``_svd``) are left out: they add cross terms B_i A_j."""
+
+    sources: tuple[str, ...]
+    weights: tuple[float, ...]
+    combination_type: str
+    svd_rank: int | None = None
+    density: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.combination_type not in COMBINATION_TYPES:
+            raise ValueError(f"combination_type must be one of {COMBINATION_TYPES}, got {self.combination_type!r}")
+        if len(self.sources) != len(self.weights):
+            raise ValueError("a merged adapter needs one weight per source adapter")
+
+    @property
+    def name(self) -> str:
+        """The adapter name in the pipeline: the recipe's hash, so the same recipe is built once."""
+        return f"merged_{self.combination_type}_{stable_hash(self.describe(), 10)}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"sources": list(self.sources), "weights": list(self.weights), "combination_type": self.combination_type,
+                "svd_rank": self.svd_rank, "density": self.density, "seed": self.seed}
+
+
+def _weighted_adapter_builder(model: torch.nn.Module) -> Any:
+    """peft's ``LoraModel.add_weighted_adapter`` bound to a model whose adapters diffusers injected.
+
+    diffusers does not wrap its models in a peft ``LoraModel`` (which owns ``add_weighted_adapter``), so this
+    view supplies the two things the method reads from one: the model and its ``peft_config``; injecting the new
+    adapter goes through peft's public ``inject_adapter_in_model``, as diffusers' own loading does."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraModel
+
+    class AdaptedModel(LoraModel):
+        def __init__(self, wrapped: torch.nn.Module) -> None:  # the adapters are in place: no injection here
+            torch.nn.Module.__init__(self)
+            self.model = wrapped
+            self.peft_config = wrapped.peft_config
+
+        def inject_adapter(self, model: torch.nn.Module, adapter_name: str, **_: Any) -> None:
+            inject_adapter_in_model(self.peft_config[adapter_name], model, adapter_name)
+
+    return AdaptedModel(model)
+
+
+def build_merged_adapter(pipe: Any, recipe: MergedAdapter) -> None:
+    """Add ``recipe.name`` to the UNet and (where the sources have one) the text encoder."""
+    from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+
+    parts = [pipe.unet]
+    if pipe.text_encoder is not None and set(recipe.sources) & set(getattr(pipe.text_encoder, "peft_config", {})):
+        parts.append(pipe.text_encoder)
+    # add_weighted_adapter applies each source's current scaling: reset it to the file's alpha / r first
+    pipe.unet.set_adapters(list(recipe.sources), [1.0] * len(recipe.sources))
+    devices = [pipe.unet.device] if pipe.unet.device.type == "cuda" else []
+    for part in parts:
+        sources = [source for source in recipe.sources if source in part.peft_config]
+        weights = [weight for source, weight in zip(recipe.sources, recipe.weights) if source in part.peft_config]
+        if part is pipe.text_encoder:
+            set_adapters_for_text_encoder(sources, part, [1.0] * len(sources))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(recipe.seed)  # DARE's random drop
+            _weighted_adapter_builder(part).add_weighted_adapter(
+                sources, weights, recipe.name, combination_type=recipe.combination_type,
+                svd_rank=recipe.svd_rank, density=recipe.density)
+
+
+class MergedAdapters:
+    """Builds the merged adapters a plan asks for, keeping the last ``capacity`` recipes (one set's seeds reuse it)."""
+
+    def __init__(self, pipe: Any, capacity: int = 2) -> None:
+        self.pipe, self.capacity = pipe, capacity
+        self.built: list[str] = []
+
+    def ensure(self, recipes: tuple[MergedAdapter, ...] | list[MergedAdapter]) -> bool:
+        """Build what is missing; returns True when something was built (adapter state then changed)."""
+        changed = False
+        for recipe in recipes:
+            if recipe.name in self.built:
+                continue
+            while len(self.built) >= self.capacity:
+                self.pipe.delete_adapters(self.built.pop(0))
+            build_merged_adapter(self.pipe, recipe)
+            self.built.append(recipe.name)
+            changed = True
+        return changed
+
+
+# -- the weights themselves (K-LoRA) ------------------------------------------------------------------------
+
+
+def adapter_deltas(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """{layer name: dW = B A * alpha / r} of one loaded adapter, whatever scale it is set to; conv layers as
+    [out, in * kh * kw]."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            down, up = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            rank = module.r[adapter]
+            scaling = module.lora_alpha[adapter] / (math.sqrt(rank) if module.use_rslora.get(adapter) else rank)
+            deltas[name] = (up.flatten(1).float() @ down.flatten(1).float()) * scaling
+    return deltas
+
+
+def route_layers(model: torch.nn.Module, routing: dict[str, str], previous: dict[str, str] | None = None) -> None:
+    """Leave each LoRA layer of ``model`` with only the adapter ``routing`` names for it (none if unlisted).
+    Scales stay as they are set; ``set_adapters`` on the model undoes this. With ``previous`` (the routing in
+    force), only the layers whose choice differs are touched."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            chosen = routing.get(name)
+            if previous is not None and previous.get(name) == chosen:
+                continue
+            module.set_adapter([chosen] if chosen is not None else [])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import tables
 from harness.agreement import METRIC_FIGURES, metric_summary
 from harness.io import atomic_write_text, read_json
 from harness.pictures import slug
@@ -139,21 +140,23 @@ def headline_table(long: pd.DataFrame, columns: list[str]) -> str:
 
 
 def cost_table(results_dir: Path, coverage: pd.DataFrame) -> pd.DataFrame:
-    """Per method: images generated, generation failures (from coverage.csv) and the seconds each image
-    took, as the runner recorded them in its metadata (``seconds``: sampling and decoding, not loading)."""
+    """Per method: images generated, generation failures (from coverage.csv), and per image the seconds and
+    UNet evaluations the runner recorded in its metadata (``harness.tables.cost_table``, all N)."""
     counts = coverage.drop_duplicates("method_label").set_index("method_label")[
         ["images_generated", "generation_failures"]]
-    timings = pd.DataFrame([{"method_label": record.method_label, "seconds": record.metadata.get("seconds"),
-                             "device": record.metadata.get("device", "")} for record in iter_images(results_dir)],
-                           columns=["method_label", "seconds", "device"])
-    timings["seconds"] = pd.to_numeric(timings["seconds"], errors="coerce")
-    by_method = timings.groupby("method_label").agg(
-        seconds_per_image=("seconds", "mean"), total_seconds=("seconds", lambda s: s.sum(min_count=1)),
-        device=("device", lambda d: ", ".join(sorted(set(d) - {""}))))
-    cost = counts.join(by_method, how="left").rename_axis("method").reset_index()
+    per_image = tables.cost_table(results_dir)
+    per_image = per_image[per_image["n"] == ALL_N].set_index("method_label")
+    cost = counts.join(per_image, how="left")
+    shown = ["images_generated", "generation_failures", "seconds_per_image", "total_seconds",
+             "unet_evaluations_per_image", "device"]
+    if (cost["shallow_evaluations_per_image"].fillna(0) > 0).any():  # only CMLoRA-style caches compute these
+        shown.insert(5, "shallow_evaluations_per_image")
+    cost = cost[shown].rename_axis("method").reset_index()
     cost["device"] = cost["device"].fillna("")
     return cost.rename(columns={"images_generated": "images generated", "generation_failures": "failed",
-                                "seconds_per_image": "seconds per image", "total_seconds": "total seconds"})
+                                "seconds_per_image": "seconds per image", "total_seconds": "total seconds",
+                                "unet_evaluations_per_image": "UNet evaluations per image",
+                                "shallow_evaluations_per_image": "shallow evaluations per image"})
 
 
 def agreement_section(results_dir: Path) -> str:
@@ -210,7 +213,10 @@ def render_report(results_dir: Path) -> str:
                     f"<img src='{_rel(grids[0], results_dir)}' alt='sample grid'></div></div>")
     body.append("<div><h2>Cost per method</h2><p class='note'>Seconds per image as the runner recorded them "
                 "(sampling and decoding, not model loading), on the device named; blank where the records carry "
-                "no time.</p>" + _table(cost_table(results_dir, coverage)) + "</div>")
+                "no time. A UNet evaluation is one pass over the [uncond, cond] pair (Merge: one per step, "
+                "Composite: one per LoRA and step); shallow ones (a feature cache) skip the deep blocks. Per N: "
+                "the <code>cost/*</code> columns of leaderboard.csv.</p>"
+                + _table(cost_table(results_dir, coverage)) + "</div>")
     body.append("</div>")
 
     # 4. Everything else, folded.

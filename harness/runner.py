@@ -281,7 +281,7 @@ class Runner:
         load_reports = self._adapters.ensure(list(composition.loras))
         sampler.adapters.forget()
         context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
-                               sampler.importance_embedder(self.method))
+                               sampler.importance_embedder(self.method), sampler.lora_deltas)
         started = time.perf_counter()
         the_seed = image_seed(seed, composition.id, self.seed_mode)
         image, plan = sampler.generate(self.method, context, self.testbed.negative_prompt, self.settings, the_seed)
@@ -295,6 +295,7 @@ class Runner:
             "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
             "dtype": self.dtype, "device": self.device, "batching": self.batching, "model": self.model_identity,
             "plan": plan.describe(), "lora_load": load_reports, "seconds": round(seconds, 4),
+            "unet_evaluations": unet_evaluations(sampler),
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -364,6 +365,12 @@ class Runner:
         summary.skipped += len(seeds) - len(pending)
         progress.update(len(seeds))
         log.error(reason)
+
+
+def unet_evaluations(sampler: Sampler) -> dict[str, int]:
+    """UNet evaluations the last image computed (one = one pass over the [uncond, cond] pair): full and
+    shallow (CMLoRA's cached passes) apart."""
+    return {"full": int(sampler.evaluations["full"]), "shallow": int(sampler.evaluations["shallow"])}
 
 
 def _short_reason(reason: str) -> str:

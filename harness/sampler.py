@@ -4,23 +4,30 @@
     -> for each step: the method's passes through the UNet, combined by the method, one scheduler step
     -> VAE decode
 
-Adapter switching is explicit: each pass sets exactly the UNet adapters it names. Passes that each use one
-adapter (Composite family) run as one batched UNet forward in which every batch element uses its own
-adapter (PEFT's per-sample ``adapter_names``), unless ``batching="sequential"``.
+Adapter switching is explicit: each pass sets exactly the UNet adapters it names (and, with a routing, which
+one each LoRA layer uses). Passes that each use at most one adapter (Composite family, LoRAtorio's base pass
+included) run as one batched UNet forward in which every batch element uses its own adapter (PEFT's
+per-sample ``adapter_names``), unless ``batching="sequential"``. Full passes run before shallow ones (CMLoRA's
+cache: ``harness.deepcache``), and the sampler counts both: ``evaluations`` after ``denoise``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 from PIL import Image
 
-from harness.methods.base import CompositionMethod, ImageContext, ImagePlan, Pass, StepPlan
+from harness.deepcache import recording_deep_feature, skipping_deep_blocks
+from harness.lora import MergedAdapters, adapter_deltas, route_layers
+from harness.methods.base import REUSE, STORE, CompositionMethod, ImageContext, ImagePlan, LayerRouting, Pass, StepPlan
 
 BATCHING = ("auto", "batched", "sequential")
+NO_ADAPTER = "__base__"  # PEFT's per-sample name for "no LoRA" (LoRAtorio's base pass in a batch)
 
 
 @dataclass
@@ -37,21 +44,28 @@ class AdapterSwitch:
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
         self._unet_state: tuple | None = None
+        self._routed: dict[str, str] | None = None  # the routing in force, if the last state had one
 
-    def set_unet(self, adapters: dict[str, float]) -> None:
-        state = tuple(adapters.items())
+    def set_unet(self, adapters: dict[str, float], routing: LayerRouting | None = None) -> None:
+        state = tuple(adapters.items()) if routing is None else (tuple(adapters.items()), routing.key)
         if state == self._unet_state:
             return
         unet = self.pipe.unet
+        same_scales = self._routed is not None and self._unet_state[0] == tuple(adapters.items())
         if not getattr(unet, "peft_config", None):
             if adapters:
                 raise RuntimeError(f"adapters {list(adapters)} requested but none is loaded in the UNet")
+        elif adapters and routing is not None and same_scales:
+            route_layers(unet, routing.as_dict(), previous=self._routed)  # K-LoRA's next step: what changed
         elif adapters:
             unet.set_adapters(list(adapters), list(adapters.values()))
             unet.enable_lora()
+            if routing is not None:
+                route_layers(unet, routing.as_dict())
         else:
             unet.disable_lora()
         self._unet_state = state
+        self._routed = routing.as_dict() if routing is not None and adapters else None
 
     def set_text_encoder(self, adapters: dict[str, float]) -> None:
         """Only adapters that have text-encoder weights apply; a LoRA without them leaves the encoder alone."""
@@ -72,6 +86,7 @@ class AdapterSwitch:
     def forget(self) -> None:
         """Call after loading or deleting adapters: diffusers activates the newest one on load."""
         self._unet_state = None
+        self._routed = None
 
 
 @contextlib.contextmanager
@@ -105,7 +120,10 @@ class Sampler:
         self.pipe = pipe
         self.batching = batching
         self.adapters = AdapterSwitch(pipe)
+        self.merged = MergedAdapters(pipe)
         self.batched_failed: str | None = None  # why batched passes were abandoned under "auto"
+        self.evaluations: Counter[str] = Counter()  # UNet evaluations of the last image: "full", "shallow"
+        self.features: dict[tuple, torch.Tensor] = {}  # deep features stored by the last image's passes
 
     # -- text ------------------------------------------------------------------------------------------
 
@@ -133,50 +151,92 @@ class Sampler:
             return self.embed_as_left
         return self.embed_without_loras
 
+    def lora_deltas(self, adapter: str) -> dict[str, torch.Tensor]:
+        """{UNet layer: dW} of one loaded adapter (K-LoRA's per-layer choice reads them)."""
+        return adapter_deltas(self.pipe.unet, adapter)
+
     # -- UNet ------------------------------------------------------------------------------------------
 
     def _unet(self, latents: torch.Tensor, timestep: Any, text: torch.Tensor) -> torch.Tensor:
         return self.pipe.unet(latents, timestep, encoder_hidden_states=text).sample
 
-    def _sequential(self, passes: tuple[Pass, ...], latents: torch.Tensor, timestep: Any,
+    @contextlib.contextmanager
+    def _deep_features(self, passes: list[Pass]) -> Iterator[None]:
+        """Around one UNet forward of these passes (rows [uncond_1..uncond_K, cond_1..cond_K]): keep the deep
+        features of the passes that store them, or feed the stored ones to passes that reuse them."""
+        unet = self.pipe.unet
+        if any(unet_pass.features == REUSE for unet_pass in passes):
+            stored = [self.features.get(unet_pass.feature_key) for unet_pass in passes]
+            if any(feature is None for feature in stored):
+                raise ValueError("a pass reuses deep features that no earlier pass of its adapters stored")
+            joined = torch.cat([feature[:1] for feature in stored] + [feature[1:] for feature in stored])
+            with skipping_deep_blocks(unet, joined):
+                yield
+        elif any(unet_pass.features == STORE for unet_pass in passes):
+            with recording_deep_feature(unet) as recorded:
+                yield
+            uncond, cond = recorded.feature.chunk(2)
+            for k, unet_pass in enumerate(passes):
+                if unet_pass.features == STORE:
+                    self.features[unet_pass.feature_key] = torch.cat([uncond[k : k + 1], cond[k : k + 1]])
+        else:
+            yield
+
+    def _sequential(self, passes: list[Pass], latents: torch.Tensor, timestep: Any,
                     text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         predictions = []
         for unet_pass in passes:
-            self.adapters.set_unet(unet_pass.as_dict())
-            noise = self._unet(torch.cat([latents, latents]), timestep, text)
+            self.adapters.set_unet(unet_pass.as_dict(), unet_pass.routing)
+            with self._deep_features([unet_pass]):
+                noise = self._unet(torch.cat([latents, latents]), timestep, text)
             predictions.append(tuple(noise.chunk(2)))
         return predictions
 
-    def _batched(self, passes: tuple[Pass, ...], latents: torch.Tensor, timestep: Any,
+    def _batched(self, passes: list[Pass], latents: torch.Tensor, timestep: Any,
                  text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """All passes in one forward: batch = [uncond_1..uncond_K, cond_1..cond_K], one adapter each."""
+        """All passes in one forward: batch = [uncond_1..uncond_K, cond_1..cond_K], one adapter (or none) each."""
         adapters = {name: weight for unet_pass in passes for name, weight in unet_pass.adapters}
-        names = [unet_pass.adapters[0][0] for unet_pass in passes]
+        names = [unet_pass.adapters[0][0] if unet_pass.adapters else NO_ADAPTER for unet_pass in passes]
         count = len(passes)
         self.adapters.set_unet(adapters)  # sets each adapter's scale; per-sample routing does the rest
         uncond_text, cond_text = text.chunk(2)
         batch_text = torch.cat([uncond_text.expand(count, -1, -1), cond_text.expand(count, -1, -1)])
         batch_latents = latents.expand(2 * count, -1, -1, -1)
-        with per_sample_adapters(self.pipe.unet, names + names):
+        with per_sample_adapters(self.pipe.unet, names + names), self._deep_features(passes):
             noise = self._unet(batch_latents, timestep, batch_text)
         uncond, cond = noise.chunk(2)
         return [(uncond[k : k + 1], cond[k : k + 1]) for k in range(count)]
 
-    def _can_batch(self, step: StepPlan) -> bool:
-        one_adapter_each = all(len(unet_pass.adapters) == 1 for unet_pass in step.passes)
-        return (self.batching != "sequential" and self.batched_failed is None and len(step.passes) > 1
-                and one_adapter_each)
+    def _can_batch(self, passes: list[Pass]) -> bool:
+        one_adapter_each = all(len(unet_pass.adapters) <= 1 and unet_pass.routing is None for unet_pass in passes)
+        some_adapter = any(unet_pass.adapters for unet_pass in passes)
+        return (self.batching != "sequential" and self.batched_failed is None and len(passes) > 1
+                and one_adapter_each and some_adapter)
 
-    def predict(self, step: StepPlan, latents: torch.Tensor, timestep: Any,
-                text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._can_batch(step):
+    def _run(self, passes: list[Pass], latents: torch.Tensor, timestep: Any,
+             text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._can_batch(passes):
             try:
-                return self._batched(step.passes, latents, timestep, text)
+                return self._batched(passes, latents, timestep, text)
             except (TypeError, ValueError, RuntimeError) as error:
                 if self.batching == "batched":
                     raise
                 self.batched_failed = f"{type(error).__name__}: {error}"  # fall back once, and say so
-        return self._sequential(step.passes, latents, timestep, text)
+        return self._sequential(passes, latents, timestep, text)
+
+    def predict(self, step: StepPlan, latents: torch.Tensor, timestep: Any,
+                text: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every pass's (uncond, cond) prediction, in plan order: full passes first (they may store deep
+        features), then shallow ones (they reuse them)."""
+        predictions: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for kind in ("full", "shallow"):
+            group = [index for index, unet_pass in enumerate(step.passes)
+                     if (unet_pass.features == REUSE) == (kind == "shallow")]
+            if group:
+                outputs = self._run([step.passes[index] for index in group], latents, timestep, text)
+                predictions.update(zip(group, outputs))
+                self.evaluations[kind] += len(group)
+        return [predictions[index] for index in range(len(step.passes))]
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -189,9 +249,16 @@ class Sampler:
         plan = method.prepare(context)
         if len(plan.steps) != settings.steps:
             raise ValueError(f"method {method.name} planned {len(plan.steps)} steps, expected {settings.steps}")
+        self.evaluations, self.features = Counter(), {}
 
-        # 1. prompts, with the text-encoder LoRA state the method asked for (the plan records only the adapters
-        #    that have text-encoder weights: the others leave the encoder unchanged)
+        # 1. adapters the plan merges from the set's (peft), then prompts with the text-encoder LoRAs it asked for
+        if plan.merged_adapters:
+            started = time.perf_counter()
+            if self.merged.ensure(plan.merged_adapters):
+                self.adapters.forget()
+                plan.notes["merge_seconds"] = round(time.perf_counter() - started, 4)
+        # (the plan records only the text-encoder adapters that have text-encoder weights: the others leave
+        # the encoder unchanged)
         with_weights = set(pipe.get_list_adapters().get("text_encoder", []))
         without = sorted(set(plan.text_encoder_adapters) - with_weights)
         if without:

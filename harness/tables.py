@@ -3,7 +3,8 @@
 ``python -m harness table RESULTS_DIR`` rebuilds, from the stored rows alone::
 
     scores.parquet, scores.csv   tidy: one row per image x metric x sub-metric (harness.store.SCORE_COLUMNS)
-    leaderboard.csv              one row per method x N (and N = "all"), a column group per metric
+    leaderboard.csv              one row per method x N (and N = "all"), a column group per metric, then the
+                                 cost columns (``COST_COLUMNS``: seconds and UNet evaluations per image)
     leaderboard_long.csv         the same numbers, one row per method x N x metric column group
     leaderboard.meta.json        what defines the numbers: metric settings per column group, CI method
     coverage.csv                 per method x metric: generated, failed, scored, missing and why
@@ -14,7 +15,9 @@
 Aggregation (documented in the README and in leaderboard.meta.json): the unit is the *set*. A set's
 value is the mean over its seeds that have a value; the leaderboard mean is the mean over sets, and the
 95 % CI resamples sets (scipy.stats.bootstrap, BCa, fixed random_state). Missing values (status other
-than ok/fallback_full_image) never enter a mean; they are counted per status instead.
+than ok/fallback_full_image) never enter a mean; they are counted per status instead. Costs come from the
+image records, not the score rows: the mean over images of the runner's ``seconds`` and
+``unet_evaluations`` (older records without the latter: counted from their recorded plan).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ ALL_N = "all"
 # Sub-metrics that summarise a whole image, kept in the default headline (see ``headline_columns``).
 HEADLINE_SUB_METRICS = ("mean", "all_present", "all_kept", "overall")
 STAT_COLUMNS = ["mean", "ci_low", "ci_high", "n_scored", "n_missing"]
+# What an image costs (``cost_table``), appended to leaderboard.csv: the mean per image of each method x N.
+COST_COLUMNS = {"seconds_per_image": "cost/seconds_per_image",
+                "unet_evaluations_per_image": "cost/unet_evaluations_per_image",
+                "shallow_evaluations_per_image": "cost/shallow_evaluations_per_image"}
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -252,6 +259,55 @@ def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset())
     }
 
 
+# -------------------------------------------------------------------------------------------------- cost
+
+
+def unet_evaluations(metadata: dict[str, Any]) -> tuple[float, float]:
+    """(full, shallow) UNet evaluations of one image record: as the runner counted them, or, for records
+    written before it did, from the recorded plan (every pass of every step, ``reuse`` passes shallow)."""
+    counted = metadata.get("unet_evaluations")
+    if isinstance(counted, dict):
+        return float(counted.get("full", 0)), float(counted.get("shallow", 0))
+    schedule = (metadata.get("plan") or {}).get("schedule")
+    if not schedule:
+        return np.nan, np.nan
+    shallow = sum(step.get("features", []).count("reuse") for step in schedule)
+    return float(sum(len(step["passes"]) for step in schedule) - shallow), float(shallow)
+
+
+def cost_table(results_dir: str | Path) -> pd.DataFrame:
+    """Per method x N (each, then ``all``): images, mean seconds and UNet evaluations per image, total seconds,
+    device(s).
+
+    ``seconds`` is what the runner recorded per image (sampling and decoding, plus building a merged adapter for
+    the first image of a set; not model loading), so it depends on the machine named in ``device``."""
+    columns = ["method_label", "n", "images", *COST_COLUMNS, "total_seconds", "device"]
+    records = []
+    for record in iter_images(results_dir):
+        full, shallow = unet_evaluations(record.metadata)
+        seconds = pd.to_numeric(record.metadata.get("seconds"), errors="coerce")
+        records.append({"method_label": record.method_label, "n": str(record.n), "seconds": seconds,
+                        "full": full, "shallow": shallow, "device": str(record.metadata.get("device", ""))})
+    images = pd.DataFrame.from_records(records, columns=["method_label", "n", "seconds", "full", "shallow", "device"])
+    rows = []
+    for label, by_method in images.groupby("method_label", sort=True):
+        partitions = [(n, part) for n, part in sorted(by_method.groupby("n"), key=lambda item: n_order(item[0]))]
+        for n, part in partitions + [(ALL_N, by_method)]:
+            rows.append({"method_label": label, "n": n, "images": len(part),
+                         "seconds_per_image": part["seconds"].mean(),
+                         "unet_evaluations_per_image": part["full"].mean(),
+                         "shallow_evaluations_per_image": part["shallow"].mean(),
+                         "total_seconds": part["seconds"].sum(min_count=1),
+                         "device": ", ".join(sorted(set(part["device"]) - {""}))})
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def with_cost_columns(wide: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """leaderboard.csv: the metric columns, then ``COST_COLUMNS`` of the same method x N."""
+    named = cost.rename(columns=COST_COLUMNS)[["method_label", "n", *COST_COLUMNS.values()]]
+    return wide.assign(n=wide["n"].astype(str)).merge(named, on=["method_label", "n"], how="left")
+
+
 # ---------------------------------------------------------------------------------------------- coverage
 
 
@@ -399,7 +455,7 @@ def write_tables(results_dir: str | Path) -> dict[str, Path]:
     }
     atomic_write(paths["scores_parquet"], lambda tmp: tidy.to_parquet(tmp, index=False))
     write_csv(tidy, paths["scores_csv"])
-    write_csv(leaderboard_wide(long), paths["leaderboard"])
+    write_csv(with_cost_columns(leaderboard_wide(long), cost_table(results_dir)), paths["leaderboard"])
     write_csv(long, paths["leaderboard_long"])
     atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy, ids))
     write_csv(coverage_table(tidy, results_dir), paths["coverage"])

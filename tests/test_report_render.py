@@ -124,6 +124,7 @@ def test_cost_table_reads_seconds_from_image_records(tmp_path: Path) -> None:
         seconds = {"merge": 1.0, "composite": 2.0, "switch": 4.0}[meta["method"]["label"]]
         for record in meta["images"].values():
             record["seconds"], record["device"] = seconds, "cpu"
+            record["unet_evaluations"] = {"full": 20 if meta["method"]["label"] != "composite" else 40, "shallow": 0}
         metadata_path.write_text(json.dumps(meta))
     coverage = tables.coverage_table(tables.tidy_table(folder), folder)
     cost = report.cost_table(folder, coverage).set_index("method")
@@ -132,6 +133,8 @@ def test_cost_table_reads_seconds_from_image_records(tmp_path: Path) -> None:
     assert cost.loc["merge", "failed"] == 0
     assert cost["seconds per image"].to_dict() == {"composite": 2.0, "merge": 1.0, "switch": 4.0}
     assert cost.loc["switch", "total seconds"] == 4.0 * images and cost.loc["switch", "device"] == "cpu"
+    assert cost["UNet evaluations per image"].to_dict() == {"composite": 40.0, "merge": 20.0, "switch": 20.0}
+    assert "shallow evaluations per image" not in cost  # shown only where a feature cache computed some
 
 
 def test_primary_columns_come_from_the_results_folder(tmp_path: Path) -> None:

@@ -160,3 +160,30 @@ def test_folder_with_images_but_no_scores(tmp_path: Path) -> None:
     assert coverage.loc["merge", "images_not_scored"] == len(SETS) * len(SEEDS)
     assert pd.read_csv(paths["leaderboard"]).empty
     assert "No scores yet" in write_report(folder).read_text(encoding="utf-8")
+
+
+def test_leaderboard_cost_columns_from_image_records(tmp_path: Path) -> None:
+    """Seconds and UNet evaluations per image per method x N; records without a count fall back to their plan."""
+    folder = make_results_folder(tmp_path / "toy")
+    for metadata_path in (folder / "images").glob("*/*/metadata.json"):
+        meta = json.loads(metadata_path.read_text())
+        label, n = meta["method"]["label"], len(meta["set"]["loras"])
+        for record in meta["images"].values():
+            record["seconds"] = {"merge": 1.0, "composite": 0.5 * n, "switch": 2.0}[label]
+            if label == "merge":
+                record["unet_evaluations"] = {"full": 20, "shallow": 0}
+            elif label == "composite":  # an older record: only its plan, n passes per step, one of them reused
+                record["plan"] = {"schedule": [{"passes": [{}] * n, "weights": [1 / n] * n,
+                                                "features": ["full"] * (n - 1) + ["reuse"]}] * 10}
+        metadata_path.write_text(json.dumps(meta))
+    board = pd.read_csv(tables.write_tables(folder)["leaderboard"], dtype={"n": str}).set_index(["method_label", "n"])
+    assert list(board.columns[-3:]) == list(tables.COST_COLUMNS.values())
+    assert board.loc[("merge", "2"), "cost/unet_evaluations_per_image"] == 20
+    assert board.loc[("composite", "3"), "cost/unet_evaluations_per_image"] == 20  # (3 - 1) x 10
+    assert board.loc[("composite", "3"), "cost/shallow_evaluations_per_image"] == 10
+    assert board.loc[("composite", "2"), "cost/seconds_per_image"] == 1.0
+    # all N: the mean over images (composite has one failed N=3 image)
+    images = {2: 4 * len(SEEDS), 3: 4 * len(SEEDS) - 1}
+    expected = sum(0.5 * n * count for n, count in images.items()) / sum(images.values())
+    assert board.loc[("composite", tables.ALL_N), "cost/seconds_per_image"] == pytest.approx(expected, rel=1e-5)
+    assert pd.isna(board.loc[("switch", "2"), "cost/unet_evaluations_per_image"])  # no count, no plan: missing
