@@ -30,6 +30,7 @@ PEFT_PREFIX = "base_model.model."
 LYCORIS_MARKERS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", ".oft_blocks": "OFT",
                    "diff_b": "a full-weight difference (LyCORIS 'full')"}
 DOWN_WEIGHT_SUFFIXES = ("lora_A.weight", "lora_down.weight")
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' rank/alpha entry in a safetensors header
 UNET_MODULE_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out",
                         "time_embedding.", "add_embedding.", "class_embedding.")
 
@@ -87,6 +88,14 @@ def read_lora_state_dict(spec: LoraSpec) -> dict[str, torch.Tensor]:
     return state
 
 
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (empty for a file without any)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def lora_identity(spec: LoraSpec) -> str:
     """What defines a LoRA's effect: its weights file, plus a PEFT ``adapter_config.json`` beside it (its
     ``lora_alpha`` scales the weights), so editing either regenerates the images made with it."""
@@ -142,11 +151,10 @@ def load_adapter(pipe: Any, spec: LoraSpec, min_applied: float = 0.9) -> dict[st
     report: layers in the file and layers applied, per part. A part of which less than ``min_applied`` of the
     file's layers found a layer of the base model is an error (a LoRA for another model would half-work)."""
     state = read_lora_state_dict(spec)
-    # A diffusers-format file keeps its rank and alpha in the file's metadata, which diffusers reads only from
-    # the file itself (a state dict loses it, and alpha != rank would load at the wrong scale): hand it the path.
-    # PEFT files are converted here (alpha folded in) and kohya files carry alpha as tensors: hand over the dict.
-    from_file = spec.path.suffix == ".safetensors" and not any(key.startswith(PEFT_PREFIX) for key in state) \
-        and any(key.startswith(("unet.", "text_encoder.")) for key in state)
+    # A diffusers-format file may keep its rank and alpha in its header, which diffusers reads only from the file
+    # itself (a state dict loses it, and alpha != rank would load at the wrong scale): hand such a file over by
+    # path. PEFT files are converted here (alpha folded in) and kohya files carry alpha as tensors.
+    from_file = spec.path.suffix == ".safetensors" and ADAPTER_METADATA_KEY in safetensors_metadata(spec.path)
     try:
         if from_file:
             pipe.load_lora_weights(str(spec.path.parent), weight_name=spec.path.name, adapter_name=spec.id)
