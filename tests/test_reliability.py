@@ -231,6 +231,9 @@ def test_a_loha_file_is_named_as_unsupported(tiny_testbed_dir, tmp_path):
 
 
 def test_a_switch_with_too_few_steps_says_so(caplog):
+    from harness.methods import builtin
+
+    builtin._warned.clear()  # the console line is said once per process
     loras = [LoraSpec(name, name, "character", ("x",), Path(name)) for name in ("a", "b", "c")]
     context = ImageContext(loras, 0.8, "a picture, x", 4, lambda text: torch.ones(3))
     plan = METHODS.get("switch")(interval=5).prepare(context)
@@ -275,3 +278,61 @@ def test_a_diffusers_lora_with_alpha_other_than_rank_loads_at_alpha_over_rank(ti
         layer = next(m for m in pipe.unet.modules() if hasattr(m, "scaling") and f"a{alpha}" in m.scaling)
         scales[alpha] = layer.scaling[f"a{alpha}"]
     assert scales[2 * rank] == pytest.approx(2 * scales[rank]) and scales[rank] == pytest.approx(1.0)
+
+
+def _start(command: list[str], env: dict) -> "subprocess.Popen":
+    import subprocess
+
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+@pytest.mark.slow
+def test_kill_9_during_generation_and_scoring_loses_only_work_in_flight(tmp_path):
+    """A real SIGKILL of `run` mid-generation, then of `score` mid-scoring: the reruns finish the rest, every
+    stored image is intact, and every image ends with exactly one complete set of rows."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run_command = [sys.executable, "-m", "harness", "run", "method=composite", "limit=6", "progress=false",
+                   "score=false", f"output_dir={tmp_path}", "testbed.sampling.steps=8",
+                   f"hydra.run.dir={tmp_path / 'logs'}"]
+    process = _start(run_command, env)
+    deadline = time.time() + 240
+    while len(list(tmp_path.rglob("seed0.png"))) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {path: path.read_bytes() for path in tmp_path.rglob("seed0.png")}
+    assert 2 <= len(done_before) < 6
+    subprocess.run(run_command, check=True, capture_output=True, env=env, timeout=300)
+    images = list(iter_images(tmp_path))
+    assert len(images) == 6 and all(path.read_bytes() == data for path, data in done_before.items())
+
+    METRIC = "fixed_slow"
+    score_command = [sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, 'tests'); import harness\n"
+        "from harness.metrics.base import METRICS, Metric\n"
+        "class Slow(Metric):\n"
+        "    batch_size = 1\n"
+        "    def score(self, images):\n"
+        "        for image in images:\n"
+        "            time.sleep(0.5); yield self.row(image, 1.0, 'a'); yield self.row(image, 2.0, 'b')\n"
+        f"METRICS.register('{METRIC}')(Slow)\n"
+        "from harness.scoring import score_results\n"
+        f"score_results({str(tmp_path)!r}, {{'{METRIC}': {{}}}}, progress=False)\n")]
+    process = _start(score_command, {**env, "PYTHONPATH": str(Path.cwd())})
+    marks = tmp_path / "scores" / METRIC
+    while not list(marks.rglob("*.done")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.6)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run(score_command, check=True, capture_output=True, env={**env, "PYTHONPATH": str(Path.cwd())},
+                   timeout=120)
+    rows = load_scores(tmp_path)
+    rows = rows[rows["metric"] == METRIC]
+    assert len(rows) == 12 and set(rows.groupby("image_key").size()) == {2}

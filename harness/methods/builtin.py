@@ -12,16 +12,24 @@ from harness.methods.importance import (
 from harness.methods.schedules import switch_schedule, w_switch_schedule
 
 log = logging.getLogger("harness.methods")
+_warned: set[tuple[str, str]] = set()
 
 
-def degenerate_notes(ids: list[str], order: list[int], steps: int, interval: int) -> dict[str, str]:
+def warn_once(method: str, kind: str, note: str) -> None:
+    """One console line per method and kind of degenerate plan per process; every image keeps its own note."""
+    if (method, kind) not in _warned:
+        _warned.add((method, kind))
+        log.warning("%s plan degenerates (said once; each image's metadata has a note): %s", method, note)
+
+
+def degenerate_notes(method: str, ids: list[str], order: list[int], steps: int, interval: int) -> dict[str, str]:
     """A Switch-style schedule in which some LoRA never runs says so (a warning and a note in the metadata)."""
     unused = [ids[k] for k in range(len(ids)) if k not in set(order)]
     if not unused:
         return {}
     note = (f"{len(unused)} of {len(ids)} LoRAs never run ({', '.join(unused)}): {steps} steps with interval "
             f"{interval} reach only the first blocks of the rotation; use more steps or a smaller interval")
-    log.warning("plan degenerates: %s", note)
+    warn_once(method, "unused", note)
     return {"degenerate": note}
 
 
@@ -68,7 +76,8 @@ class Switch(CompositionMethod):
         ids = context.adapter_ids
         order = switch_schedule(len(ids), context.steps, self.interval, self.timing)
         return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
-                         notes={"timing": self.timing, **degenerate_notes(ids, order, context.steps, self.interval)})
+                         notes={"timing": self.timing,
+                                **degenerate_notes(self.name, ids, order, context.steps, self.interval)})
 
 
 @METHODS.register("composite")
@@ -113,10 +122,10 @@ class WSwitch(PromptAware):
         character = next((k for k, lora in enumerate(context.loras) if lora.category == "character"), 0)
         order = w_switch_schedule(weights, context.steps, self.interval, self.reserved_steps, character, self.timing)
         notes = {"timing": self.timing, "raw_importance": dict(zip(ids, raw)),
-                 **degenerate_notes(ids, order, context.steps, self.interval)}
+                 **degenerate_notes(self.name, ids, order, context.steps, self.interval)}
         if all(value < PAW_FLOOR for value in raw):
             note = f"every prompt-ablation importance is under the floor {PAW_FLOOR}: the weights are uniform"
-            log.warning("plan degenerates: %s", note)
+            warn_once(self.name, "uniform", note)
             notes["degenerate_weights"] = note
         return ImagePlan({ids[0]: context.lora_scale}, one_adapter_steps([ids[k] for k in order], context.lora_scale),
                          importance=dict(zip(ids, weights)), notes=notes)
