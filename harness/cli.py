@@ -6,11 +6,13 @@ the layer below, and reports problems as one ``error: ...`` line with exit code 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 import yaml
@@ -36,29 +38,31 @@ def _exit_with(error: Exception, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _disk_full(error: OSError) -> OSError:
-    return OSError(error.errno, f"the disk is full ({error.filename or 'writing results'}). Everything written "
-                                f"before is intact. Fix: free space, then rerun the same command: it resumes")
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def run_app(cfg: DictConfig) -> None:
-    logging.getLogger("harness").setLevel(logging.INFO)
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A user's mistake (exit 2) or a full disk (exit 1) ends the command in one line, not a traceback."""
     try:
-        config = RunConfig.from_hydra(cfg)
-    except USER_ERRORS as error:
-        _exit_with(error)
-    settings = config.settings
-    try:
-        summary = run(config.testbed, config.method, config.method_label, settings)
-        finish_results(settings.output_dir, config.metrics, methods=[config.method_label], score=settings.score,
-                       tables=settings.tables, progress=settings.progress)
+        yield
     except USER_ERRORS as error:
         _exit_with(error)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        _exit_with(_disk_full(error), 1)
+        _exit_with(OSError(error.errno, f"the disk is full ({error.filename or 'writing results'}). Everything "
+                                        "written before is intact. Fix: free space, then rerun the same command: "
+                                        "it resumes"), 1)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def run_app(cfg: DictConfig) -> None:
+    logging.getLogger("harness").setLevel(logging.INFO)
+    with _one_line_errors():
+        config = RunConfig.from_hydra(cfg)
+    settings = config.settings
+    with _one_line_errors():
+        summary = run(config.testbed, config.method, config.method_label, settings)
+        finish_results(settings.output_dir, config.metrics, methods=[config.method_label], score=settings.score,
+                       tables=settings.tables, progress=settings.progress)
     if summary.failed:
         failure = RunFailed(f"{summary.failed_count} image(s) failed: " + summary.line(0, settings.output_dir)
                             + ". Reasons are in each set's metadata.json under 'failed'; rerun to retry them.")
@@ -69,7 +73,7 @@ def run_app(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def score_app(cfg: DictConfig) -> None:
-    try:
+    with _one_line_errors():
         metrics = selected_metrics(cfg)
         if not metrics:
             raise ConfigError("No metric selected: choose some with `metric=[clip_text,arcface]` (configs in "
@@ -78,12 +82,6 @@ def score_app(cfg: DictConfig) -> None:
         # an unavailable metric is recorded in its rows, not a failed command: the other metrics ran
         finish_results(cfg.output_dir, metrics, methods=methods, tables=bool(cfg.get("tables", True)),
                        progress=bool(cfg.get("progress", True)))
-    except USER_ERRORS as error:
-        _exit_with(error)
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        _exit_with(_disk_full(error), 1)
 
 
 def _hydra_app(app: object, name: str, argv: list[str]) -> int:

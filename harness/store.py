@@ -288,14 +288,19 @@ def append_rows(results_dir: str | Path, rows: Iterable[ScoreRow]) -> int:
         path = scores_path(results_dir, row.metric, row.metric_key, row.method_label)
         by_file[path].append(json.dumps(row.to_dict(), default=str))
     for path, lines in by_file.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.parent / f".{path.name}.lock")):
-            _repair_truncated_tail(path)
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+        _append_lines(path, lines)
     return sum(len(lines) for lines in by_file.values())
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    """Append JSON lines under the file's lock; flush and fsync, so what returned is on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        _repair_truncated_tail(path)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _repair_truncated_tail(path: Path) -> None:
@@ -345,13 +350,7 @@ def mark_scored(results_dir: str | Path, metric: str, metric_key: str, images: I
         path = scores_path(results_dir, metric, metric_key, image.method_label).with_suffix(".done")
         by_file[path].append(json.dumps({"image_key": image.key, "sha256": image.metadata.get("sha256")}))
     for path, lines in by_file.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.parent / f".{path.name}.lock")):
-            _repair_truncated_tail(path)
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+        _append_lines(path, lines)
 
 
 def scored_images(results_dir: str | Path, metric: str, metric_key: str) -> dict[str, str | None]:
