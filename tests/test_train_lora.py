@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import harness  # noqa: F401  (before diffusers)
+from training_support import EXAMPLES, one_thread, pattern_image, tiny_base  # noqa: F401  (fixtures)
 from harness.pipelines import load_pipeline, model_identity
-from harness.tiny import build_tiny_pipeline
 from harness.train_lora import build_parser, fit_lora, load_examples, main, train_lora
 from harness.training import TrainingInputError
 from harness.training.config import DEFAULT_UNET_TARGETS, LoraTrainingConfig, option, weight_options
@@ -25,29 +25,6 @@ from harness.training.lora_file import read_lora_metadata
 QUICK = dict(resolution=32, batch_size=2, device="cpu", progress=False)
 
 
-def _pattern_image(index: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
-    """A coloured square on a plain background, different per index: something a LoRA can fit."""
-    rng = np.random.default_rng(index)
-    array = np.zeros((size[1], size[0], 3), dtype=np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
-    array[8:24, 8:24] = rng.integers(0, 255, 3, dtype=np.uint8)
-    return Image.fromarray(array)
-
-
-EXAMPLES = [(_pattern_image(index), "zqx toy") for index in range(4)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads per step are several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("train_lora") / "base")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +161,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_base, tmp_path):
 
 def test_load_examples_captions_and_trigger(tmp_path):
     for name in ("b", "a", "c"):
-        _pattern_image(ord(name)).save(tmp_path / f"{name}.png")
+        pattern_image(ord(name)).save(tmp_path / f"{name}.png")
     (tmp_path / "a.txt").write_text("a girl in a red coat\n")
     (tmp_path / "b.txt").write_text("zqx girl, smiling")
     (tmp_path / "notes.md").write_text("not an image")
@@ -221,7 +198,7 @@ def test_images_are_resized_and_centre_cropped(tmp_path):
 def _write_images(folder: Path, count: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        _pattern_image(index, size=(48, 40)).save(folder / f"img{index}.png")
+        pattern_image(index, size=(48, 40)).save(folder / f"img{index}.png")
     return folder
 
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import harness  # noqa: F401  (before diffusers)
+from training_support import EXAMPLES, one_thread, pattern_image, tiny_base  # noqa: F401  (fixtures)
 from harness.lora import LoraSpec, load_adapter
 from harness.pipelines import load_pipeline
-from harness.tiny import build_tiny_pipeline
 from harness.train_lora import fit_lora, main, step_file, train_lora
 from harness.training import TrainingInputError
 from harness.training.config import LoraTrainingConfig
@@ -26,27 +26,6 @@ from harness.training.validation import grid_path, validation_folder
 QUICK = dict(resolution=32, batch_size=2, device="cpu", progress=False, rank=4, learning_rate=1e-2)
 
 
-def _image(index: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
-    rng = np.random.default_rng(index)
-    array = np.zeros((size[1], size[0], 3), dtype=np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
-    array[8:24, 8:24] = rng.integers(0, 255, 3, dtype=np.uint8)
-    return Image.fromarray(array)
-
-
-EXAMPLES = [(_image(index), "zqx toy") for index in range(4)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("train_options") / "base")
 
 
 def test_save_every_keeps_files_named_by_step_and_a_validation_grid(tiny_base, tmp_path):
@@ -172,7 +151,7 @@ def test_cli_accepts_the_new_options(tiny_base, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     for index in range(2):
-        _image(index).save(images / f"{index}.bmp")  # .bmp is read like the others
+        pattern_image(index).save(images / f"{index}.bmp")  # .bmp is read like the others
     out = tmp_path / "cli.safetensors"
     code = main(["--base", str(tiny_base), "--images", str(images), "--trigger", "zqx", "--out", str(out),
                  "--steps", "2", "--resolution", "32", "--batch-size", "1", "--device", "cpu", "--no-progress",
@@ -190,7 +169,7 @@ def _folder(tmp_path: Path, captions: dict[str, str | None], size: tuple[int, in
     folder = tmp_path / "data"
     folder.mkdir(exist_ok=True)
     for index, (stem, caption) in enumerate(captions.items()):
-        _image(index, size).save(folder / f"{stem}.png")
+        pattern_image(index, size).save(folder / f"{stem}.png")
         if caption is not None:
             (folder / f"{stem}.txt").write_text(caption)
     return folder
@@ -204,7 +183,7 @@ def test_caption_without_the_inferred_trigger_is_reported(tmp_path):
 
 def test_small_and_wide_images_are_reported(tmp_path):
     folder = _folder(tmp_path, {"tiny": "zqx"}, size=(8, 8))
-    _image(9, (200, 30)).save(folder / "wide.png")
+    pattern_image(9, (200, 30)).save(folder / "wide.png")
     (folder / "wide.txt").write_text("zqx")
     problems = example_problems(load_examples(folder), 32, "zqx")
     assert any("tiny.png is 8x8: upscaled 4.0x" in p for p in problems)
