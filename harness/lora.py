@@ -11,12 +11,13 @@ adapter choice (``route_layers``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -146,6 +147,19 @@ def adapters_loaded(pipe: Any) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
 
+@contextlib.contextmanager
+def diffusers_silenced() -> Iterator[None]:
+    """diffusers' own log lines off for the duration (errors included); its exceptions still propagate."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
 def load_adapter(pipe: Any, spec: LoraSpec, min_applied: float = 0.9) -> dict[str, Any]:
     """Load ``spec`` as adapter ``spec.id`` into the pipeline's UNet (and text encoder); returns its load
     report: layers in the file and layers applied, per part. A part of which less than ``min_applied`` of the
@@ -156,18 +170,21 @@ def load_adapter(pipe: Any, spec: LoraSpec, min_applied: float = 0.9) -> dict[st
     # path. PEFT files are converted here (alpha folded in) and kohya files carry alpha as tensors.
     from_file = spec.path.suffix == ".safetensors" and ADAPTER_METADATA_KEY in safetensors_metadata(spec.path)
     try:
-        if from_file:
-            pipe.load_lora_weights(str(spec.path.parent), weight_name=spec.path.name, adapter_name=spec.id)
-        else:
-            pipe.load_lora_weights(state, adapter_name=spec.id)
+        with diffusers_silenced():  # diffusers logs every mismatched tensor before raising: we say it in one line
+            if from_file:
+                pipe.load_lora_weights(str(spec.path.parent), weight_name=spec.path.name, adapter_name=spec.id)
+            else:
+                pipe.load_lora_weights(state, adapter_name=spec.id)
     except Exception as error:
         if spec.id in adapters_loaded(pipe):
             pipe.delete_adapters(spec.id)
         text = str(error)
         if "size mismatch" in text or "shape" in text.lower():
+            mismatches = [line.strip() for line in text.splitlines() if "size mismatch" in line]
+            example = mismatches[0].removeprefix("size mismatch for ") if mismatches else text.splitlines()[0]
             raise LoraError(
-                f"LoRA {spec.id!r} ({spec.name}) at {spec.path} does not fit the base model: its layer shapes "
-                f"differ ({text.splitlines()[0][:200]}). It was made for another base model (e.g. SDXL or SD2 "
+                f"LoRA {spec.id!r} ({spec.name}) at {spec.path} does not fit the base model: {len(mismatches) or 'its'}"
+                f" layer shapes differ (e.g. {example[:160]}). It was made for another base model (e.g. SDXL or SD2 "
                 "instead of SD1.5). Fix: use a LoRA trained for this base model, or change `model.base`."
             ) from error
         raise LoraError(

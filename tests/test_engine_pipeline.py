@@ -139,7 +139,7 @@ def test_corrupt_lora_file(tiny_testbed_dir, tmp_path):
         load_adapter(pipe, spec(tmp_path, "broken", path=broken))
 
 
-def test_lora_for_another_base_model(tiny_testbed_dir, tmp_path):
+def test_lora_for_another_base_model(tiny_testbed_dir, tmp_path, capsys, caplog):
     pipe = load_pipeline(tiny_testbed_dir / "base", device="cpu")
     wrong = tmp_path / "wrong.safetensors"
     from safetensors.torch import load_file, save_file
@@ -149,6 +149,9 @@ def test_lora_for_another_base_model(tiny_testbed_dir, tmp_path):
     with pytest.raises(LoraError, match=r"'wrong'.*(does not fit|could not be loaded)"):
         load_adapter(pipe, spec(tmp_path, "wrong", path=wrong))
     assert "wrong" not in pipe.get_list_adapters().get("unet", [])
+    # one line says it (the error above), not one log line per mismatched tensor from diffusers
+    captured = capsys.readouterr()
+    assert "size mismatch" not in captured.out + captured.err and "size mismatch" not in caplog.text
 
 
 def test_lora_matching_no_layer_is_an_error(tiny_testbed_dir, tmp_path):
