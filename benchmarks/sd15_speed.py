@@ -11,7 +11,8 @@ Nothing is downloaded: the model and LoRAs are cached under ``--folder`` and reu
 Each method gets one warm-up image; the repeats are interleaved across methods (each repeat runs every
 method once) so that a busy machine slows them alike. Prints per method the median seconds per image and the
 peak GPU memory during its images (``torch.cuda.max_memory_allocated``, reset per method; model weights
-included), then Composite(K=5) / Merge (goal: <= 2.5).
+included), then Composite(K=5) / Merge (goal: <= 2.5) and Merge / a bare diffusers ``pipe(...)`` call with the same
+adapters set (goal: <= 1.05).
 
     python benchmarks/sd15_speed.py                     # GPU: 512x512, 30 steps, float16
     python benchmarks/sd15_speed.py --tiny --methods merge composite    # CPU-sized check of the same code
@@ -41,11 +42,13 @@ from harness.tiny import build_clip_tokenizer
 
 ALL_METHODS = ["base", "merge", "switch", "composite", "w_switch", "w_composite", "cmlora", "loratorio", "klora",
                "merge_svd", "merge_ties", "merge_dare"]
+BARE = "diffusers"  # not a method: a bare pipe(...) call with Merge's adapters set, Merge's yardstick
 RANKS = (8, 16, 32, 64, 128)
 TINY_RANKS = (2, 4, 8, 16, 32)  # --tiny: no rank above its narrowest layer (32), which the SVD merges need
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                 "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "mlp.fc1", "mlp.fc2")
+SCALE = 0.8  # every LoRA's scale
 CATEGORIES = ("character", "clothing", "style", "background", "object")
 DEFAULT_FOLDER = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "sd15-speed"
 
@@ -130,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; --tiny: 4)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default=None, help="float16 on cuda, float32 on cpu unless given")
-    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS + [BARE], choices=ALL_METHODS + [BARE],
+                        help=f"methods to time; {BARE!r}: a bare diffusers pipe(...) call with the 5 adapters set "
+                             "by pipe.set_adapters at Merge's scale (outside its timing)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="where the model and LoRAs are kept")
     args = parser.parse_args(argv)
@@ -157,21 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     # 2. time the methods: one warm-up image each, then the repeats interleaved across methods
     settings = SamplingSettings(steps, 7.5, size, size)
     prompt = "a photo of " + ", ".join(spec.trigger[0] for spec in specs)
-    samplers = {method: Sampler(pipe) for method in args.methods}
+    samplers = {method: Sampler(pipe) for method in args.methods if method != BARE}
     seconds: dict[str, list[float]] = defaultdict(list)
     peak: dict[str, float] = defaultdict(float)
     failed: dict[str, str] = {}
 
     def one_image(method_name: str, seed: int) -> float:
-        sampler = samplers[method_name]
-        sampler.adapters.forget()  # another method's sampler changed the adapters since
-        method = METHODS.get(method_name)()
-        context = ImageContext(specs, 0.8, prompt, steps, sampler.importance_embedder(method), sampler.lora_deltas)
+        if method_name == BARE:
+            pipe.set_adapters([spec.id for spec in specs], [SCALE] * len(specs))
+            generate = lambda: pipe(prompt, negative_prompt="", num_inference_steps=steps,  # noqa: E731
+                                    guidance_scale=settings.guidance_scale, height=size, width=size,
+                                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
+        else:
+            sampler = samplers[method_name]
+            sampler.adapters.forget()  # another method (or the bare call) changed the adapters since
+            method = METHODS.get(method_name)()
+            context = ImageContext(specs, SCALE, prompt, steps, sampler.importance_embedder(method),
+                                   sampler.lora_deltas)
+            generate = lambda: sampler.generate(method, context, "", settings, seed)  # noqa: E731
         if on_cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        sampler.generate(method, context, "", settings, seed)
+        generate()
         if on_cuda:
             torch.cuda.synchronize()
             peak[method_name] = max(peak[method_name], torch.cuda.max_memory_allocated() / 2**30)
@@ -209,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"composite(K=5) / merge: {medians['composite'] / medians['merge']:.2f} (goal <= 2.5)")
     else:
         print("composite(K=5) / merge: n/a (time both merge and composite)")
+    if "merge" in medians and BARE in medians:
+        print(f"merge / {BARE}: {medians['merge'] / medians[BARE]:.3f} (goal <= 1.05)")
     return 0
 
 

@@ -13,16 +13,17 @@ from harness import bench  # noqa: E402
 
 
 def test_sd15_speed_tiny_prints_a_line_per_method_and_the_ratio(tmp_path, capsys):
-    methods = ["merge", "composite", "merge_svd"]
+    methods = ["merge", "composite", "merge_svd", "diffusers"]
     assert sd15_speed.main(["--tiny", "--device", "cpu", "--repeats", "1", "--steps", "2", "--folder",
                             str(tmp_path), "--methods", *methods]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "64x64, 2 steps, float32, device cpu" in lines[0]
     assert "LoRA layers applied: UNet 800, text encoder 60" in lines[0]  # every attention and ff layer, x5
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-2]}
     assert list(rows) == methods
     assert all(float(seconds) > 0 and memory == "n/a" for seconds, memory in rows.values())
-    assert re.fullmatch(r"composite\(K=5\) / merge: \d+\.\d\d \(goal <= 2\.5\)", lines[-1])
+    assert re.fullmatch(r"composite\(K=5\) / merge: \d+\.\d\d \(goal <= 2\.5\)", lines[-2])
+    assert re.fullmatch(r"merge / diffusers: \d+\.\d{3} \(goal <= 1\.05\)", lines[-1])
     assert (tmp_path / "sd15-tiny" / "model_index.json").exists()  # kept: the next run loads it
 
 
