@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default=None, help="float16 on cuda, float32 on cpu unless given")
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS + [BARE], choices=ALL_METHODS + [BARE],
-                        help=f"methods to time; {BARE!r}: a bare diffusers pipe(...) call with the 5 adapters set "
-                             "by pipe.set_adapters at Merge's scale (outside its timing)")
+                        help=f"methods to time; {BARE!r}: a bare diffusers pipe(...) call after pipe.set_adapters with "
+                             "the 5 adapters at Merge's scale (both timed)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="where the model and LoRAs are kept")
     args = parser.parse_args(argv)
@@ -168,18 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     failed: dict[str, str] = {}
 
     def one_image(method_name: str, seed: int) -> float:
-        if method_name == BARE:
-            pipe.set_adapters([spec.id for spec in specs], [SCALE] * len(specs))
-            generate = lambda: pipe(prompt, negative_prompt="", num_inference_steps=steps,  # noqa: E731
-                                    guidance_scale=settings.guidance_scale, height=size, width=size,
-                                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
+        if method_name == BARE:  # sets its adapters in its time, as each method's sampler does after forget()
+            def generate() -> Any:
+                pipe.set_adapters([spec.id for spec in specs], [SCALE] * len(specs))
+                return pipe(prompt, negative_prompt="", num_inference_steps=steps,
+                            guidance_scale=settings.guidance_scale, height=size, width=size,
+                            generator=torch.Generator("cpu").manual_seed(seed), output_type="pil")
         else:
             sampler = samplers[method_name]
             sampler.adapters.forget()  # another method (or the bare call) changed the adapters since
             method = METHODS.get(method_name)()
             context = ImageContext(specs, SCALE, prompt, steps, sampler.importance_embedder(method),
                                    sampler.lora_deltas)
-            generate = lambda: sampler.generate(method, context, "", settings, seed)  # noqa: E731
+
+            def generate() -> Any:
+                return sampler.generate(method, context, "", settings, seed)
         if on_cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
