@@ -278,16 +278,20 @@ class Sampler:
         latents = latents * scheduler.init_noise_sigma
 
         # 3. denoising: the method's passes, its combination, one scheduler step
+        first_bad = torch.tensor(-1, device=latents.device)
         for index, timestep in enumerate(scheduler.timesteps):
             step = plan.steps[index]
             model_input = scheduler.scale_model_input(latents, timestep)
             predictions = self.predict(step, model_input, timestep, text)
             noise = method.combine(step, predictions, settings.guidance_scale)
             latents = scheduler.step(noise, timestep, latents).prev_sample
-            if not torch.isfinite(latents).all():  # NaN/inf would decode to a black image scored as a result
-                raise NonFiniteError(f"the latents became non-finite (NaN or inf) at step {index + 1} of "
-                                     f"{settings.steps}: the image is not saved. Usual causes: a LoRA scale or "
-                                     "guidance scale far too large, or float16 overflow (try dtype=float32).")
+            # NaN/inf would decode to a black image scored as a result. The first such step is kept on the
+            # device and read once after the loop, so a GPU never waits for the check.
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(latents).all(), index + 1, first_bad)
+        if first_bad.item() > 0:
+            raise NonFiniteError(f"the latents became non-finite (NaN or inf) at step {first_bad.item()} of "
+                                 f"{settings.steps}: the image is not saved. Usual causes: a LoRA scale or "
+                                 "guidance scale far too large, or float16 overflow (try dtype=float32).")
         if self.batched_failed:
             plan.notes["batched_fallback"] = self.batched_failed
         return latents, plan
