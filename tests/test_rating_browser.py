@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from browser_support import chromium_path
 from harness.agreement import agreement_table
 from harness.rating.cli import open_study
 from harness.rating.server import create_app, running
@@ -24,14 +25,6 @@ pytestmark = pytest.mark.slow
 EVIL_NAME = '<img src=x onerror="window.pwned=1"><b>bold</b> lora'
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)")
 
 
 @pytest.fixture()
@@ -96,7 +89,7 @@ class Rater:
 
 
 def test_two_raters_keyboard_mouse_reload_undo_then_agreement(folder: Path) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     sync_api = pytest.importorskip("playwright.sync_api")
     spec = StudySpec.from_dict({"name": "browser", "pairs": ["merge:switch"], "n": [2], "items_per_rater": 3,
                                 "repeats": 1, "gold": 1})

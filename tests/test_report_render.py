@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import harness  # noqa: F401
+from browser_support import chromium_path
 from harness import pictures, report, store, tables
 from harness.workflow import rebuild_outputs
 from results_fixture import FAILED, METHOD_MEANS, SEEDS, SETS, make_results_folder, results_dir  # noqa: F401
@@ -168,14 +169,6 @@ def test_report_headline_follows_the_testbed_primary_columns(results_dir: Path, 
         < details.index("Other columns") < details.index("<summary>oracle/all_present</summary>")
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)")
-
-
 def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--virtual-time-budget=10000", *args]
@@ -186,7 +179,7 @@ def _headless(chromium: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_report_renders_in_headless_chromium(results_dir: Path, refreshed: dict[str, Path], tmp_path: Path) -> None:
-    chromium = _chromium()
+    chromium = chromium_path()
     url = refreshed["report"].resolve().as_uri()
     dom = _headless(chromium, "--dump-dom", url).stdout
     check = re.search(r'id="render-check"[^>]*data-tables="(\d+)"[^>]*data-images="(\d+)"'
