@@ -153,6 +153,12 @@ def cost_table(results_dir: Path, coverage: pd.DataFrame) -> pd.DataFrame:
         shown.insert(5, "shallow_evaluations_per_image")
     cost = cost[shown].rename_axis("method").reset_index()
     cost["device"] = cost["device"].fillna("")
+    # what tells two labels of one method apart (e.g. a LoRA-scale sweep), from leaderboard.meta.json
+    methods = read_json(results_dir / LEADERBOARD_META_FILE, default={}).get("methods", {})
+    differs = {label: ", ".join(f"{name}={value}" for name, value in (info or {}).get("differs", {}).items())
+               for label, info in methods.items() if isinstance(info, dict)}
+    if any(differs.values()):
+        cost["differs by"] = cost["method"].map(differs).fillna("")
     return cost.rename(columns={"images_generated": "images generated", "generation_failures": "failed",
                                 "seconds_per_image": "seconds per image", "total_seconds": "total seconds",
                                 "unet_evaluations_per_image": "UNet evaluations per image",

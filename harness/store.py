@@ -146,6 +146,27 @@ def iter_set_metadata(results_dir: str | Path, method_label: str) -> Iterator[di
         yield read_json(path)
 
 
+# What a label's images were made with, beside the set and seed (as the runner records it per image).
+RUN_SETTING_FIELDS = ("lora_scale", "sampling", "scheduler", "dtype", "batching", "seed_mode", "negative_prompt")
+
+
+def label_settings(results_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Per method label: the method's name and settings and the run settings its images were made with (from
+    its first recorded image), so that two labels of one method can be told apart."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in _metadata_files(results_dir):
+        meta = read_json(path)
+        label = meta["method"]["label"]
+        if label in found or not meta.get("images"):
+            continue
+        record = next(iter(meta["images"].values()))
+        found[label] = {"method": meta["method"]["name"], "settings": {
+            **{f"method.{key}": value for key, value in sorted(meta["method"].get("settings", {}).items())},
+            **{name: record.get(name) for name in RUN_SETTING_FIELDS if name in record},
+            "model": (record.get("model") or {}).get("base")}}
+    return found
+
+
 @dataclass
 class ImageRecord:
     """One generated image and the facts a metric needs about it."""

@@ -35,7 +35,7 @@ from harness.io import atomic_write, atomic_write_json
 from harness.store import (
     COVERAGE_FILE, JUDGE_FILE, LEADERBOARD_FILE, LEADERBOARD_LONG_FILE, LEADERBOARD_META_FILE, PAIRWISE_MARKER,
     SCORE_COLUMNS, SCORES_STEM, STATUSES, VALUE_STATUSES, ImageRecord, is_results_folder, iter_failures, iter_images,
-    load_scores, parse_pairwise_sub_metric, read_testbed_info,
+    label_settings, load_scores, parse_pairwise_sub_metric, read_testbed_info,
 )
 
 JUDGE_METRIC = "llm_judge"
@@ -234,8 +234,29 @@ def leaderboard_wide(long: pd.DataFrame) -> pd.DataFrame:
     return wide.sort_values(["method_label", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """What defines the leaderboard numbers: compare two of these before comparing two leaderboards."""
+def distinguishing_settings(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per label (``store.label_settings``): the settings in which it differs from another label of the same
+    method (e.g. ``single`` at ``lora_scale`` 0.4 and 1.0), {} for a method with one label."""
+    differs: dict[str, dict[str, Any]] = {}
+    by_method: dict[str, list[str]] = {}
+    for label, info in settings.items():
+        by_method.setdefault(info["method"], []).append(label)
+    for labels in by_method.values():
+        names = {name for label in labels for name in settings[label]["settings"]}
+        varying = sorted(name for name in names
+                         if len({json.dumps(settings[label]["settings"].get(name), sort_keys=True)
+                                 for label in labels}) > 1)
+        for label in labels:
+            differs[label] = {name: settings[label]["settings"].get(name) for name in varying}
+    return differs
+
+
+def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset(),
+                     settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What defines the leaderboard numbers: compare two of these before comparing two leaderboards.
+
+    ``methods`` names, per label, its method keys and, with ``settings`` (``store.label_settings``), the method
+    and run settings of its images and the ones that tell it apart from other labels of the same method."""
     columns = {}
     for group in column_groups(tidy, lora_ids).itertuples():
         columns[group.column] = {
@@ -247,8 +268,7 @@ def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset())
         }
     return {
         "testbeds": sorted(tidy["testbed"].unique().tolist()),
-        "methods": {label: sorted(part["method_key"].unique().tolist())
-                    for label, part in tidy.groupby("method_label")},
+        "methods": _methods_meta(tidy, settings or {}),
         "columns": columns,
         "aggregation": ("unit = set: per set, mean over seeds with a value; mean over sets; missing values "
                         "(status not ok/fallback_full_image) are excluded and counted per status; per-LoRA "
@@ -257,6 +277,17 @@ def leaderboard_meta(tidy: pd.DataFrame, lora_ids: frozenset[str] = frozenset())
                "n_resamples": stats.N_RESAMPLES, "random_state": stats.RANDOM_STATE, "resampled": "sets"},
         "generated_by": "python -m harness table",
     }
+
+
+def _methods_meta(tidy: pd.DataFrame, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    differs = distinguishing_settings(settings)
+    methods = {}
+    for label in sorted(set(tidy["method_label"]) | set(settings)):
+        info = settings.get(label, {})
+        methods[label] = {"method_keys": sorted(tidy.loc[tidy["method_label"] == label, "method_key"].unique().tolist()),
+                          "method": info.get("method"), "settings": info.get("settings", {}),
+                          "differs": differs.get(label, {})}
+    return methods
 
 
 # -------------------------------------------------------------------------------------------------- cost
@@ -457,7 +488,7 @@ def write_tables(results_dir: str | Path) -> dict[str, Path]:
     write_csv(tidy, paths["scores_csv"])
     write_csv(with_cost_columns(leaderboard_wide(long), cost_table(results_dir)), paths["leaderboard"])
     write_csv(long, paths["leaderboard_long"])
-    atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy, ids))
+    atomic_write_json(paths["leaderboard_meta"], leaderboard_meta(tidy, ids, label_settings(results_dir)))
     write_csv(coverage_table(tidy, results_dir), paths["coverage"])
     write_csv(judge_win_tie_loss(tidy), paths["judge"])
     return paths

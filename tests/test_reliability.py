@@ -336,3 +336,22 @@ def test_kill_9_during_generation_and_scoring_loses_only_work_in_flight(tmp_path
     rows = load_scores(tmp_path)
     rows = rows[rows["metric"] == METRIC]
     assert len(rows) == 12 and set(rows.groupby("image_key").size()) == {2}
+
+
+def test_the_leaderboard_says_what_tells_two_labels_of_one_method_apart(tiny_testbed_dir, tmp_path):
+    single = METHODS.get("single")()
+    sampling = {"steps": 3, "guidance_scale": 7.5, "height": 32, "width": 32}
+    for scale in (0.4, 1.0):
+        testbed = tiny_testbed(tiny_testbed_dir, sampling={**sampling, "lora_scale": scale})
+        run(testbed, single, f"single_{scale}", _settings(tmp_path))
+    run(tiny_testbed(tiny_testbed_dir, sampling={**sampling, "lora_scale": 0.8}), METHODS.get("merge")(), "merge",
+        _settings(tmp_path))
+    METRICS.register("fixed_value_meta")(FixedValue)
+    score_results(tmp_path, {"fixed_value_meta": {}}, progress=False)
+    paths = rebuild_outputs(tmp_path)
+    methods = json.loads(paths["leaderboard_meta"].read_text())["methods"]
+    assert methods["single_0.4"]["differs"] == {"lora_scale": 0.4}
+    assert methods["single_1.0"]["differs"] == {"lora_scale": 1.0}
+    assert methods["merge"]["differs"] == {} and methods["merge"]["settings"]["lora_scale"] == 0.8
+    page = paths["report"].read_text()
+    assert "differs by" in page and "lora_scale=0.4" in page
