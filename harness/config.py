@@ -76,7 +76,8 @@ def run_settings(cfg: DictConfig) -> RunSettings:
         output_dir=Path(cfg.output_dir), seeds=_optional_tuple(cfg.seeds), seed_mode=cfg.seed_mode,
         n=_optional_tuple(cfg.n), sets=_optional_tuple(cfg.sets), limit=cfg.limit,
         limit_per_n=cfg.get("limit_per_n"), shard=Shard.parse(cfg.shard), device=cfg.device, dtype=cfg.dtype,
-        batching=cfg.batching, adapter_cache=cfg.adapter_cache, score=bool(cfg.get("score", True)),
+        batching=cfg.batching, batch_size=int(cfg.get("batch_size", 1)), adapter_cache=cfg.adapter_cache,
+        score=bool(cfg.get("score", True)),
         tables=bool(cfg.get("tables", True)), progress=bool(cfg.get("progress", True)),
         overwrite=bool(cfg.get("overwrite", False)), lora_min_applied=float(cfg.get("lora_min_applied", 0.9)),
     )
@@ -85,7 +86,7 @@ def run_settings(cfg: DictConfig) -> RunSettings:
 # Overrides that do not change an image: they never name a sweep point.
 NOT_IMAGE_SETTINGS = ("method", "testbed", "metric", "output_dir", "seeds", "n", "sets", "limit", "limit_per_n",
                       "shard", "score", "tables", "progress", "overwrite", "adapter_cache", "lora_min_applied",
-                      "method.label")
+                      "method.label", "batch_size")
 
 
 def sweep_label(label: str, overrides: list[str]) -> str:

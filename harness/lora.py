@@ -223,9 +223,10 @@ class AdapterCache:
         self.min_applied = min_applied
         self.reports: dict[str, dict[str, Any]] = {}  # adapter id -> load report, in load order (oldest first)
 
-    def ensure(self, specs: list[LoraSpec]) -> dict[str, dict[str, Any]]:
-        """Make sure every spec is loaded; returns id -> load report for them. Raises LoraError on bad input."""
-        wanted = {spec.id for spec in specs}
+    def ensure(self, specs: list[LoraSpec], keep: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+        """Make sure every spec is loaded, never evicting ``keep`` (the other sets of a batch); returns id -> load
+        report for them. Raises LoraError on bad input."""
+        wanted = {spec.id for spec in specs} | set(keep)
         for spec in specs:
             if spec.id in self.reports:
                 self.reports[spec.id] = self.reports.pop(spec.id)  # mark as recently used
@@ -319,20 +320,27 @@ def build_merged_adapter(pipe: Any, recipe: MergedAdapter) -> None:
 
 
 class MergedAdapters:
-    """Builds the merged adapters a plan asks for, keeping the last ``capacity`` recipes (one set's seeds reuse it)."""
+    """Builds the merged adapters asked for, keeping at most ``capacity`` beyond those a batch uses (least recently
+    used go first): one set's seeds reuse what was built."""
 
     def __init__(self, pipe: Any, capacity: int = 2) -> None:
         self.pipe, self.capacity = pipe, capacity
-        self.built: list[str] = []
+        self.built: list[str] = []  # oldest first
 
-    def ensure(self, recipes: tuple[MergedAdapter, ...] | list[MergedAdapter]) -> bool:
-        """Build what is missing; returns True when something was built (adapter state then changed)."""
+    def ensure(self, recipes: tuple[MergedAdapter, ...] | list[MergedAdapter], keep: set[str] = frozenset()) -> bool:
+        """Build what is missing, never evicting ``keep`` or ``recipes``; returns True when something was built
+        (adapter state then changed)."""
         changed = False
+        in_use = set(keep) | {recipe.name for recipe in recipes}
         for recipe in recipes:
             if recipe.name in self.built:
+                self.built.append(self.built.pop(self.built.index(recipe.name)))  # recently used
                 continue
-            while len(self.built) >= self.capacity:
-                self.pipe.delete_adapters(self.built.pop(0))
+            evictable = [name for name in self.built if name not in in_use]
+            while evictable and len(self.built) >= self.capacity:
+                name = evictable.pop(0)
+                self.pipe.delete_adapters(name)
+                self.built.remove(name)
             build_merged_adapter(self.pipe, recipe)
             self.built.append(recipe.name)
             changed = True

@@ -9,6 +9,7 @@ killed run loses at most the image in flight. Scoring and tables are not this mo
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
@@ -30,7 +31,7 @@ from harness.methods import CompositionMethod, ImageContext
 from harness.paths import local_or_hub
 from harness.pipelines import load_pipeline, model_identity
 from harness.prompts import phrase_survives, truncation_report
-from harness.sampler import NonFiniteError, Sampler, SamplingSettings
+from harness.sampler import ImageJob, ImageOutcome, NonFiniteError, Sampler, SamplingSettings
 from harness.settings import ConfigError, RunSettings, Shard
 from harness.store import (
     image_filename, iter_set_metadata, method_folder, new_set_metadata, set_folder, update_set_metadata,
@@ -39,6 +40,17 @@ from harness.store import (
 from harness.testbeds import CompositionSet, Testbed
 
 log = logging.getLogger("harness.run")
+
+
+@dataclass
+class PendingImage:
+    """One image a run still has to make."""
+
+    composition: CompositionSet
+    seed: int
+    key: str
+    hashes: dict[str, str]
+    prompt: str
 
 
 @dataclass
@@ -126,13 +138,14 @@ class Runner:
 
     def __init__(self, testbed: Testbed, method: CompositionMethod, method_label: str, output_dir: Path,
                  device: str = "auto", dtype: str | None = None, batching: str = "auto", seed_mode: str = "per_set",
-                 adapter_cache: int = 32, lora_min_applied: float = 0.9) -> None:
+                 adapter_cache: int = 32, lora_min_applied: float = 0.9, batch_size: int = 1) -> None:
         self.testbed, self.method, self.method_label = testbed, method, method_label
         self.output_dir = Path(output_dir)
         self.device = resolve_device(device)
         self.dtype = dtype or testbed.model.get("dtype", "float32")
         self.batching, self.seed_mode, self.adapter_cache_size = batching, seed_mode, adapter_cache
-        self.lora_min_applied = lora_min_applied
+        self.lora_min_applied, self.batch_size = lora_min_applied, batch_size
+        self._failed_sets: dict[str, str] = {}  # set id -> why its LoRAs cannot be used (this run)
         sampling = testbed.sampling
         self.settings = SamplingSettings(int(sampling["steps"]), float(sampling["guidance_scale"]),
                                          int(sampling["height"]), int(sampling["width"]))
@@ -231,7 +244,27 @@ class Runner:
 
     # -- generation ------------------------------------------------------------------------------------
 
+    def run_sets(self, sets: list[CompositionSet], seeds: list[int], summary: RunSummary, progress: Any) -> None:
+        """Every set x seed not already done, ``batch_size`` images at a time (a batch may span sets)."""
+        batch: list[PendingImage] = []
+        for composition in sets:
+            for item in self.pending(composition, seeds, summary, progress):
+                if batch and not self._fits(batch, item):
+                    self.generate_batch(batch, summary, progress)
+                    batch = []
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    self.generate_batch(batch, summary, progress)
+                    batch = []
+        if batch:
+            self.generate_batch(batch, summary, progress)
+
     def run_set(self, composition: CompositionSet, seeds: list[int], summary: RunSummary, progress: Any) -> None:
+        self.run_sets([composition], seeds, summary, progress)
+
+    def pending(self, composition: CompositionSet, seeds: list[int], summary: RunSummary,
+                progress: Any) -> list[PendingImage]:
+        """The set's images still to make; done ones are counted as skipped, an unusable set fails every seed."""
         folder = self.folder(composition)
         prompt = self.testbed.prompt_for(composition)
         try:
@@ -243,62 +276,107 @@ class Runner:
             hashes = lora_hashes(composition)
         except LoraError as error:
             self._fail_all(composition, seeds, str(error), summary, progress)
-            return
+            return []
         metadata = self._record(composition, hashes)
+        items = []
         for seed in seeds:
             key = self.image_key(composition, hashes, prompt, seed)
             record = metadata["images"].get(str(seed))
             if record and record.get("key") == key and self._intact(folder, record):
                 summary.skipped += 1
                 progress.update(1)
-                continue
-            try:
-                record = self.generate(composition, prompt, seed, key, folder)
-                metadata = self._record(composition, hashes, images={seed: record})
-                summary.generated += 1
-            except LoraError as error:  # the whole set is unusable: record it for every remaining seed
-                remaining = seeds[seeds.index(seed):]
-                self._record(composition, hashes, failures={s: str(error) for s in remaining})
-                summary.failed[_short_reason(str(error))] += len(remaining)
-                progress.update(len(remaining))
-                log.error(str(error))
-                return
-            except NonFiniteError as error:  # a known failure: one line, no traceback
-                log.error("%s seed %s failed: %s", composition.id, seed, error)
-                metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
-                summary.failed["non-finite latents"] += 1
-            except Exception as error:  # one image failed; keep going with the others
-                if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-                    raise  # a full disk fails every image alike: stop (what was written stays valid)
-                log.error("%s seed %s failed:\n%s", composition.id, seed, traceback.format_exc())
-                metadata = self._record(composition, hashes, failures={seed: f"{type(error).__name__}: {error}"})
-                summary.failed[type(error).__name__] += 1
-            progress.update(1)
+            else:
+                items.append(PendingImage(composition, seed, key, hashes, prompt))
+        return items
 
-    def generate(self, composition: CompositionSet, prompt: str, seed: int, key: str, folder: Path) -> dict[str, Any]:
+    def _fits(self, batch: list[PendingImage], item: PendingImage) -> bool:
+        """A batch's LoRAs must all stay loaded while it runs."""
+        loras = {lora.id for pending in batch + [item] for lora in pending.composition.loras}
+        return len(loras) <= self.adapter_cache_size
+
+    def generate_batch(self, batch: list[PendingImage], summary: RunSummary, progress: Any) -> None:
+        """Make a batch's images in one denoising loop and record each image (or its failure) in its set's
+        metadata. A LoRA problem fails its set's images only; any other failure, the image it happened to."""
         sampler = self.sampler()
-        self._check_triggers_survive(sampler, composition, prompt)
-        load_reports = self._adapters.ensure(list(composition.loras))
+        in_batch = {lora.id for item in batch for lora in item.composition.loras}
+        ready, load_reports = [], {}
+        for item in batch:
+            try:
+                if item.composition.id in self._failed_sets:
+                    raise LoraError(self._failed_sets[item.composition.id])
+                self._check_triggers_survive(sampler, item.composition, item.prompt)
+                load_reports[item.composition.id] = self._adapters.ensure(list(item.composition.loras), keep=in_batch)
+                ready.append(item)
+            except LoraError as error:
+                self._fail_set(item, error, summary, progress)
         sampler.adapters.forget()
-        context = ImageContext(list(composition.loras), self.lora_scale, prompt, self.settings.steps,
-                               sampler.importance_embedder(self.method), sampler.lora_deltas)
+        jobs = [ImageJob(copy.deepcopy(self.method),  # an instance per image: a method may keep per-image state
+                         ImageContext(list(item.composition.loras), self.lora_scale, item.prompt, self.settings.steps,
+                                      sampler.importance_embedder(self.method), sampler.lora_deltas),
+                         image_seed(item.seed, item.composition.id, self.seed_mode)) for item in ready]
         started = time.perf_counter()
-        the_seed = image_seed(seed, composition.id, self.seed_mode)
-        image, plan = sampler.generate(self.method, context, self.testbed.negative_prompt, self.settings, the_seed)
+        outcomes = sampler.generate_batch(jobs, self.testbed.negative_prompt, self.settings) if jobs else []
         seconds = time.perf_counter() - started
-        filename = image_filename(seed)
-        atomic_write(folder / filename, lambda tmp: image.save(tmp, format="PNG"))
+        for item, job, outcome in zip(ready, jobs, outcomes):
+            if outcome.error is None:
+                try:
+                    record = self._save(item, job, outcome, sampler, load_reports[item.composition.id],
+                                        {"size": len(jobs), "seconds": round(seconds, 4)})
+                except Exception as error:
+                    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                        raise  # a full disk fails every image alike: stop (what was written stays valid)
+                    self._fail_image(item, error, summary, progress)
+                    continue
+                self._record(item.composition, item.hashes, images={item.seed: record})
+                summary.generated += 1
+                progress.update(1)
+            elif isinstance(outcome.error, LoraError):
+                self._fail_set(item, outcome.error, summary, progress)
+            else:
+                self._fail_image(item, outcome.error, summary, progress)
+
+    def _save(self, item: PendingImage, job: ImageJob, outcome: ImageOutcome, sampler: Sampler,
+              load_reports: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+        """Write the image (atomically) and return its record."""
+        folder = self.folder(item.composition)
+        filename = image_filename(item.seed)
+        atomic_write(folder / filename, lambda tmp: outcome.image.save(tmp, format="PNG"))
         return {
-            "file": filename, "sha256": sha256_file(folder / filename), "key": key, "seed": seed, "image_seed": the_seed, "seed_mode": self.seed_mode,
-            "prompt": prompt, "negative_prompt": self.testbed.negative_prompt,
-            "truncation": self._truncation(sampler, prompt), "sampling": vars(self.settings),
+            "file": filename, "sha256": sha256_file(folder / filename), "key": item.key, "seed": item.seed,
+            "image_seed": job.seed, "seed_mode": self.seed_mode,
+            "prompt": item.prompt, "negative_prompt": self.testbed.negative_prompt,
+            "truncation": self._truncation(sampler, item.prompt), "sampling": vars(self.settings),
             "lora_scale": self.lora_scale, "scheduler": self.testbed.model.get("scheduler", "dpmsolver++"),
             "dtype": self.dtype, "device": self.device, "batching": self.batching, "model": self.model_identity,
-            "plan": plan.describe(), "lora_load": load_reports, "seconds": round(seconds, 4),
-            "unet_evaluations": unet_evaluations(sampler),
+            "plan": outcome.plan.describe(), "lora_load": load_reports,
+            # the image's share of its batch's time; ``batch`` says how many images shared it (not in the key:
+            # the batch changes an image only by float rounding)
+            "seconds": round(batch["seconds"] / batch["size"], 4), "batch": batch,
+            "unet_evaluations": {"full": int(outcome.evaluations["full"]),
+                                 "shallow": int(outcome.evaluations["shallow"])},
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+
+    def _fail_set(self, item: PendingImage, error: LoraError, summary: RunSummary, progress: Any) -> None:
+        """The set is unusable (a LoRA file, a trigger): this image fails, and so do its set's later ones."""
+        if item.composition.id not in self._failed_sets:
+            self._failed_sets[item.composition.id] = str(error)
+            log.error(str(error))
+        self._record(item.composition, item.hashes, failures={item.seed: str(error)})
+        summary.failed[_short_reason(str(error))] += 1
+        progress.update(1)
+
+    def _fail_image(self, item: PendingImage, error: Exception, summary: RunSummary, progress: Any) -> None:
+        if isinstance(error, NonFiniteError):  # a known failure: one line, no traceback
+            log.error("%s seed %s failed: %s", item.composition.id, item.seed, error)
+            summary.failed["non-finite latents"] += 1
+        else:
+            log.error("%s seed %s failed:\n%s", item.composition.id, item.seed,
+                      "".join(traceback.format_exception(error)))
+            summary.failed[type(error).__name__] += 1
+        self._record(item.composition, item.hashes, failures={item.seed: f"{type(error).__name__}: {error}"})
+        progress.update(1)
 
     @staticmethod
     def _intact(folder: Path, record: dict[str, Any]) -> bool:
@@ -367,12 +445,6 @@ class Runner:
         log.error(reason)
 
 
-def unet_evaluations(sampler: Sampler) -> dict[str, int]:
-    """UNet evaluations the last image computed (one = one pass over the [uncond, cond] pair): full and
-    shallow (CMLoRA's cached passes) apart."""
-    return {"full": int(sampler.evaluations["full"]), "shallow": int(sampler.evaluations["shallow"])}
-
-
 def _short_reason(reason: str) -> str:
     """A summary label: the error's first sentence, at most ~80 characters, cut between words."""
     text = reason.split(". ")[0]
@@ -390,7 +462,8 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     seeds = list(settings.seeds) if settings.seeds is not None else testbed.seeds
     write_testbed_info(settings.output_dir, testbed.analysis_info())
     runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
-                    settings.batching, settings.seed_mode, settings.adapter_cache, settings.lora_min_applied)
+                    settings.batching, settings.seed_mode, settings.adapter_cache, settings.lora_min_applied,
+                    settings.batch_size)
     conflicts = runner.conflicting_settings()
     if conflicts and not settings.overwrite:
         described = "; ".join(f"{name}: {stored!r} there, {now!r} now" for name, (stored, now) in conflicts.items())
@@ -402,7 +475,6 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     started = time.perf_counter()
     with tqdm(total=len(sets) * len(seeds), desc=f"{method_label} on {testbed.name}", unit="img",
               disable=not settings.progress) as progress:
-        for composition in sets:
-            runner.run_set(composition, seeds, summary, progress)
+        runner.run_sets(sets, seeds, summary, progress)
     print(f"run {method_label}: " + summary.line(time.perf_counter() - started, settings.output_dir), flush=True)
     return summary

@@ -64,6 +64,7 @@ class RunSettings:
     device: str = "auto"
     dtype: str | None = None  # None: the testbed's model.dtype
     batching: str = "auto"
+    batch_size: int = 1  # images (any sets, one method) sharing one denoising loop; not part of an image's key
     adapter_cache: int = 32
     score: bool = True
     tables: bool = True
@@ -84,6 +85,7 @@ class RunSettings:
         _positive("limit", self.limit)
         _positive("limit_per_n", self.limit_per_n)
         _positive("adapter_cache", self.adapter_cache)
+        _positive("batch_size", self.batch_size)
         if not 0 <= self.lora_min_applied <= 1:
             raise ConfigError(f"lora_min_applied={self.lora_min_applied}: a share, between 0 and 1")
         check_device(self.device)

@@ -42,8 +42,8 @@ def test_batched_composite_equals_sequential(loaded):
     step = METHODS.get("composite")().prepare(context).steps[0]
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     text = torch.cat([sampler.encode("blurry"), sampler.encode("a picture")])
-    batched = sampler._batched(step.passes, latents, torch.tensor(500), text)
-    sequential = sampler._sequential(step.passes, latents, torch.tensor(500), text)
+    batched = sampler.predict(step, latents, torch.tensor(500), text)
+    sequential = Sampler(pipe, batching="sequential").predict(step, latents, torch.tensor(500), text)
     for (bu, bc), (su, sc) in zip(batched, sequential):  # every pass's own prediction, within 1e-5
         torch.testing.assert_close(bu, su, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(bc, sc, atol=1e-5, rtol=1e-5)

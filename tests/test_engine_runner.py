@@ -43,15 +43,15 @@ def test_rerun_skips_and_kill_loses_only_the_image_in_flight(tiny_testbed_dir, t
     sets = select_sets(testbed.sets(), n=[2], limit=3)
     runner = make_runner(testbed, tmp_path, "switch")
     calls = Counter()
-    real_generate = runner.generate
+    real_generate = runner.generate_batch
 
     def killed_on_third(*args, **kwargs):
         calls["generate"] += 1
         if calls["generate"] == 3:
-            raise KeyboardInterrupt  # a kill mid-image: nothing of it may be recorded
+            raise KeyboardInterrupt  # a kill mid-image (a batch of one): nothing of it may be recorded
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", killed_on_third)
+    monkeypatch.setattr(runner, "generate_batch", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_sets(runner, sets, seeds=(0, 1))
     assert len(list(iter_images(tmp_path))) == 2
