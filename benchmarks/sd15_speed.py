@@ -1,8 +1,10 @@
-"""Seconds per image and peak GPU memory of every method on an SD1.5-shaped model with random weights, K=5.
+"""Seconds per image and peak memory of every method on an SD1.5-shaped model with random weights, K=5.
 
 Builds Stable Diffusion 1.5's architecture from configs written here (UNet, VAE, CLIP text encoder, an offline
-CLIP tokenizer, DPMSolver++), with random weights, saves it as a diffusers folder and loads it through
-``harness.pipelines.load_pipeline`` (the code path of a real model); writes 5 random kohya-format LoRAs of
+CLIP tokenizer, DPMSolver++), with random weights, saves it as a diffusers folder in float32 (as SD1.5's own
+folders are, so a float16 run casts on load like a real model) and loads it through
+``harness.pipelines.load_pipeline`` (the code path of a real model), printing the memory that load added at
+its peak (``harness.bench.load_measured``: host resident set and GPU); writes 5 random kohya-format LoRAs of
 ranks 8, 16, 32, 64 and 128 on the attention and feed-forward layers of the UNet and the text encoder (the
 layers and ranks of Civitai LoRAs); then times each method through ``harness.sampler.Sampler`` at batch 1
 (the sampler has no option to generate several images in one batch yet, so there is no batch-8 figure).
@@ -10,9 +12,9 @@ Nothing is downloaded: the model and LoRAs are cached under ``--folder`` and reu
 
 Each method gets one warm-up image; the repeats are interleaved across methods (each repeat runs every
 method once) so that a busy machine slows them alike. Prints per method the median seconds per image and the
-peak GPU memory during its images (``torch.cuda.max_memory_allocated``, reset per method; model weights
-included), then Composite(K=5) / Merge (goal: <= 2.5) and Merge / a bare diffusers ``pipe(...)`` call with the same
-adapters set (goal: <= 1.05).
+peak memory during its images (reset per image; model weights included): ``torch.cuda.max_memory_allocated``
+on a GPU, the process's resident set on the CPU (Linux); then Composite(K=5) / Merge (goal: <= 2.5) and
+Merge / a bare diffusers ``pipe(...)`` call with the same adapters set (goal: <= 1.05).
 
     python benchmarks/sd15_speed.py                     # GPU: 512x512, 30 steps, float16
     python benchmarks/sd15_speed.py --tiny --methods merge composite    # CPU-sized check of the same code
@@ -33,10 +35,10 @@ import harness  # noqa: F401  (before diffusers)
 import torch
 from safetensors.torch import save_file
 
-from harness.devices import resolve_device
+from harness.bench import load_measured
+from harness.devices import peak_memory_mib, reset_peak_memory, resolve_device
 from harness.lora import AdapterCache, LoraSpec
 from harness.methods import METHODS, ImageContext
-from harness.pipelines import load_pipeline
 from harness.sampler import NonFiniteError, Sampler, SamplingSettings
 from harness.tiny import build_clip_tokenizer
 
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     shape = TINY if args.tiny else SD15
     base = build_sd15_shaped(args.folder / name, shape)
-    pipe = load_pipeline(base, dtype=dtype, device=device)
+    pipe, load_peak = load_measured(base, dtype, device)
     specs = [LoraSpec(f"{category}_r{rank}", f"random rank-{rank} LoRA", category, (f"trigger{index}",),
                       write_kohya_lora(pipe, args.folder / f"{name}-lora" / f"r{rank}.safetensors", rank, index + 1))
              for index, (category, rank) in enumerate(zip(CATEGORIES, shape["ranks"]))]
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = "a photo of " + ", ".join(spec.trigger[0] for spec in specs)
     samplers = {method: Sampler(pipe) for method in args.methods if method != BARE}
     seconds: dict[str, list[float]] = defaultdict(list)
-    peak: dict[str, float] = defaultdict(float)
+    peak: dict[str, float] = {}  # GiB; none where it cannot be read (a CPU without /proc)
     failed: dict[str, str] = {}
 
     def one_image(method_name: str, seed: int) -> float:
@@ -183,15 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
             def generate() -> Any:
                 return sampler.generate(method, context, "", settings, seed)
-        if on_cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory(device)
         started = time.perf_counter()
         generate()
         if on_cuda:
             torch.cuda.synchronize()
-            peak[method_name] = max(peak[method_name], torch.cuda.max_memory_allocated() / 2**30)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        peak_mib = peak_memory_mib(device)
+        if peak_mib is not None:
+            peak[method_name] = max(peak.get(method_name, 0.0), peak_mib / 1024)
+        return elapsed
 
     for repeat in range(args.repeats + 1):  # repeat 0 is the warm-up
         for method_name in args.methods:
@@ -212,14 +215,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(map(str, shape['ranks']))}, batch 1 (no batch option yet), median of {args.repeats}; "
           f"LoRA layers applied: UNet {applied['unet']}, text encoder {applied['text_encoder']} (all 5); "
           f"build/load {setup_seconds:.1f} s")
-    print(f"{'method':<12} {'s/image':>8} {'peak GiB':>9}")
+
+    def gib(mib: float | None) -> str:
+        return "n/a" if mib is None else f"{mib / 1024:.2f} GiB"
+
+    print(f"load peak ({dtype}, load_pipeline and one read of every weight), added: host resident "
+          f"{gib(load_peak.resident_mib)}, GPU {gib(load_peak.cuda_mib)}; weights {gib(load_peak.weights_mib)}")
+    print(f"{'method':<12} {'s/image':>8} {'peak GiB':>9}  ({'GPU allocated' if on_cuda else 'process resident set'})")
     medians = {}
     for method_name in args.methods:
         if method_name in failed:
             print(f"{method_name:<12} {'failed':>8} {'':>9}  {failed[method_name]}")
             continue
         medians[method_name] = statistics.median(seconds[method_name])
-        memory = f"{peak[method_name]:.2f}" if on_cuda else "n/a"
+        memory = f"{peak[method_name]:.2f}" if method_name in peak else "n/a"
         print(f"{method_name:<12} {medians[method_name]:>8.3f} {memory:>9}")
     if "composite" in medians and "merge" in medians:
         print(f"composite(K=5) / merge: {medians['composite'] / medians['merge']:.2f} (goal <= 2.5)")

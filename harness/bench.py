@@ -1,17 +1,21 @@
-"""``python -m harness bench``: seconds per image per method, batched vs sequential Composite at K=2..5, and the
-harness's Merge against a bare diffusers ``StableDiffusionPipeline`` call with the same adapters set.
+"""``python -m harness bench``: the memory a pipeline load adds (float32 and the requested dtype), seconds per
+image and peak memory per method, batched vs sequential Composite at K=2..5, and the harness's Merge against a
+bare diffusers ``StableDiffusionPipeline`` call with the same adapters set.
 
 Prints figures; it asserts nothing (speed targets are checked by reading these numbers, not by tests).
 Runs on the tiny random pipeline (CPU-sized; ``--folder`` keeps it between runs); ``--device cuda --dtype
-float16`` times it on a GPU.
+float16`` times it on a GPU. Peak memory is the process's resident set on the CPU (Linux) and the memory
+allocated on the device on CUDA (``torch.cuda.max_memory_allocated``), model weights included.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.devices import peak_memory_mib, reset_peak_memory, resident_memory_mib, resolve_device
 from harness.lora import AdapterCache, LoraSpec
 from harness.methods import METHODS, ImageContext
 from harness.pipelines import load_pipeline
 from harness.sampler import Sampler, SamplingSettings
 from harness.tiny import build_tiny_testbed
 
-SECTIONS = ("methods", "merge_vs_diffusers", "batching")
+SECTIONS = ("load", "methods", "merge_vs_diffusers", "batching")
 CATEGORY_ORDER = ["character", "clothing", "style", "background", "object"]
 
 
@@ -38,10 +43,46 @@ def _specs(folder: Path) -> list[LoraSpec]:
             for c, e in zip(CATEGORY_ORDER, firsts)]
 
 
-def _time(sampler: Sampler, method_name: str, specs: list[LoraSpec], settings: SamplingSettings, repeats: int) -> float:
+@dataclass(frozen=True)
+class LoadPeak:
+    """What a pipeline load added at its peak, in MiB: the process's resident set and the memory allocated on a
+    CUDA device (None where not measured), next to the size of the loaded weights."""
+
+    resident_mib: float | None
+    cuda_mib: float | None
+    weights_mib: float
+
+
+def load_measured(base: str | Path, dtype: str, device: str) -> tuple[Any, LoadPeak]:
+    """``load_pipeline(base, dtype=dtype, device=device)`` and the memory it added at its peak. Every weight is read
+    once inside the measure, as the first image reads it: a float32 load maps its files and reads nothing yet.
+    A process's first load also counts the libraries' modules it imports (tens of MiB)."""
+    device = resolve_device(device)
+    gc.collect()
+    resident_before = resident_memory_mib()
+    cuda_before = torch.cuda.memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+    reset_peak_memory(device)
+    pipe = load_pipeline(base, dtype=dtype, device=device)
+    tensors = [tensor for model in (pipe.unet, pipe.vae, pipe.text_encoder) for tensor in model.state_dict().values()]
+    for tensor in tensors:  # what the first image does
+        tensor.sum()
+    resident_peak = resident_memory_mib(peak=True)
+    resident = None if resident_peak is None or resident_before is None else resident_peak - resident_before
+    cuda = None if cuda_before is None else peak_memory_mib(device) - cuda_before
+    return pipe, LoadPeak(resident, cuda, sum(tensor.nbytes for tensor in tensors) / 2**20)
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _time(sampler: Sampler, method_name: str, specs: list[LoraSpec], settings: SamplingSettings, repeats: int,
+          device: str) -> tuple[float, float | None]:
+    """Median seconds per image after one warm-up, and the peak memory (MiB) over all its images."""
     method = METHODS.get(method_name)()
     prompt = "a picture, " + ", ".join(p for spec in specs for p in spec.trigger)
     context = ImageContext(specs, 0.8, prompt, settings.steps, sampler.embed_without_loras)
+    reset_peak_memory(device)
     sampler.generate(method, context, "", settings, 0)  # warm-up
     times = []
     for repeat in range(repeats):
@@ -50,7 +91,7 @@ def _time(sampler: Sampler, method_name: str, specs: list[LoraSpec], settings: S
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(times), peak_memory_mib(device)
 
 
 def _merge_vs_diffusers(pipe: Any, specs: list[LoraSpec], settings: SamplingSettings, repeats: int,
@@ -109,17 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.gettempdir()) / "harness-bench-tiny"
     build_tiny_testbed(folder)
-    pipe = load_pipeline(folder / "base", dtype=args.dtype, device=args.device)
+    device = resolve_device(args.device)
+    pipe = load_pipeline(folder / "base", dtype=args.dtype, device=device)
     specs = _specs(folder)
     AdapterCache(pipe).ensure(specs)
     settings = SamplingSettings(args.steps, 7.5, args.size, args.size)
+    memory = "GPU allocated" if device.startswith("cuda") else "process resident set"
     print(f"device {pipe.device}, dtype {args.dtype}, {args.steps} steps, {args.size}x{args.size}, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats}; peak MiB: {memory}")
+    if "load" in args.sections:
+        # measured after the first load, which also imports the libraries' modules
+        peaks = {dtype: load_measured(folder / "base", dtype, device)[1]
+                 for dtype in dict.fromkeys(["float32", args.dtype])}
+        print("\nload: memory added at the peak of load_pipeline and one read of every weight (a float32 load "
+              "maps its files and reads them at the first image)")
+        print(f"{'dtype':<10} {'resident MiB':>13} {'GPU MiB':>8} {'weights MiB':>12}")
+        for dtype, peak in peaks.items():
+            print(f"{dtype:<10} {_mib(peak.resident_mib):>13} {_mib(peak.cuda_mib):>8} {peak.weights_mib:>12.1f}")
     if "methods" in args.sections:
-        print("\nseconds per image, K=3 (character, clothing, style)")
-        print(f"{'method':<12} {'s/image':>8}")
+        print("\nseconds per image and peak memory, K=3 (character, clothing, style)")
+        print(f"{'method':<12} {'s/image':>8} {'peak MiB':>9}")
         for name in ["base", "merge", "switch", "composite", "w_switch", "w_composite"]:
-            print(f"{name:<12} {_time(Sampler(pipe), name, specs[:3], settings, args.repeats):>8.3f}")
+            seconds, peak_mib = _time(Sampler(pipe), name, specs[:3], settings, args.repeats, device)
+            print(f"{name:<12} {seconds:>8.3f} {_mib(peak_mib):>9}")
     if "merge_vs_diffusers" in args.sections:
         harness_s, diffusers_s, difference = _merge_vs_diffusers(pipe, specs[:3], settings, args.repeats)
         print("\nmerge per image, K=3: the harness (Sampler.generate) vs a bare diffusers pipe(...) call, same "
@@ -127,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'harness s':>10} {'diffusers s':>12} {'ratio':>6} {'max pixel diff':>15}")
         print(f"{harness_s:>10.3f} {diffusers_s:>12.3f} {harness_s / diffusers_s:>6.3f} {difference:>15}")
     if "batching" in args.sections:
-        print("\ncomposite: batched (one UNet call, per-sample adapters) vs sequential (K calls)")
-        print(f"{'K':>2} {'batched s':>10} {'sequential s':>13} {'ratio':>6}")
+        print("\ncomposite: batched (one UNet call, per-sample adapters) vs sequential (K calls), and peak memory")
+        print(f"{'K':>2} {'batched s':>10} {'sequential s':>13} {'ratio':>6} {'batched MiB':>12} "
+              f"{'sequential MiB':>15}")
         for k in range(2, 6):
-            batched = _time(Sampler(pipe, "batched"), "composite", specs[:k], settings, args.repeats)
-            sequential = _time(Sampler(pipe, "sequential"), "composite", specs[:k], settings, args.repeats)
-            print(f"{k:>2} {batched:>10.3f} {sequential:>13.3f} {batched / sequential:>6.2f}")
+            batched, batched_mib = _time(Sampler(pipe, "batched"), "composite", specs[:k], settings, args.repeats,
+                                         device)
+            sequential, sequential_mib = _time(Sampler(pipe, "sequential"), "composite", specs[:k], settings,
+                                               args.repeats, device)
+            print(f"{k:>2} {batched:>10.3f} {sequential:>13.3f} {batched / sequential:>6.2f} "
+                  f"{_mib(batched_mib):>12} {_mib(sequential_mib):>15}")
     return 0

@@ -1,11 +1,13 @@
 """Loading a base model: a local diffusers folder, a single-file checkpoint, or a hub id.
 
 Every loader takes a local path first; hub ids are passed to diffusers unchanged (they work where a hub is
-reachable). The same code loads SD1.5 and the toy testbed's tiny pipeline.
+reachable). The same code loads SD1.5 and the toy testbed's tiny pipeline. A local folder's models are loaded
+in the requested dtype one tensor at a time (``load_model``), so float16/bfloat16 need less memory than float32.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -27,6 +29,11 @@ SCHEDULERS = {
     "default": (None, {}),
 }
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# the models of a Stable Diffusion folder, loaded by load_model (the other parts: tokenizer, scheduler)
+FOLDER_MODELS = ("unet", "vae", "text_encoder")
+# the weight files diffusers and transformers load from a model folder when no variant is asked for
+WEIGHT_FILE_STEMS = ("diffusion_pytorch_model", "model")
+SAFETENSORS_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class ModelLoadError(RuntimeError):
@@ -69,8 +76,11 @@ def load_pipeline(
     path = Path(base_text).expanduser()
     try:
         if path.is_dir():
+            index = json.loads((path / "model_index.json").read_text())
+            models = {name: load_model(_model_class(index[name]), path / name, torch_dtype)
+                      for name in FOLDER_MODELS if (path / name).is_dir()}
             pipe = StableDiffusionPipeline.from_pretrained(
-                path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+                path, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False, **models
             )
         elif path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
             kwargs = {"config": str(single_file_config)} if single_file_config else {}
@@ -103,7 +113,7 @@ def load_vae(vae: str | Path, torch_dtype: torch.dtype) -> Any:
     path = Path(str(vae)).expanduser()
     try:
         if path.is_dir():
-            return AutoencoderKL.from_pretrained(path, torch_dtype=torch_dtype)
+            return load_model(AutoencoderKL, path, torch_dtype)
         if path.is_file():
             return AutoencoderKL.from_single_file(path, torch_dtype=torch_dtype)
         if _looks_like_hub_id(str(vae)):
@@ -114,6 +124,64 @@ def load_vae(vae: str | Path, torch_dtype: torch.dtype) -> Any:
             f"Could not load the VAE {str(vae)!r}: {type(error).__name__}: {error}. Fix: point `model.vae` "
             "at a local AutoencoderKL folder or file, or set it to null to keep the base model's VAE."
         ) from error
+
+
+def load_model(model_class: Any, folder: Path, torch_dtype: torch.dtype) -> Any:
+    """``model_class.from_pretrained(folder)`` (a diffusers or transformers model) with its floating-point
+    weights in ``torch_dtype``, holding at most one tensor of the stored precision at a time.
+
+    The libraries cast weights stored in another precision (SD1.5 folders are float32) from one memory map of
+    the whole file, and every page read through a map stays resident until the map is closed: a bfloat16 SD1.5
+    load held the float32 UNet file (3.3 GiB) and its bfloat16 copy at once, more than a float32 load. Here the
+    library loads the model in the stored precision, which maps the file and reads nothing, and then each
+    tensor is cast through a map of its own, closed before the next, replacing the mapped one.
+    """
+    files = _weight_files(folder)
+    stored = _stored_float_dtype(files)
+    if stored is None or stored == torch_dtype or getattr(model_class, "_keep_in_fp32_modules", None):
+        return model_class.from_pretrained(folder, torch_dtype=torch_dtype)  # no cast, or one the library must do
+    from safetensors import safe_open
+
+    model = model_class.from_pretrained(folder, torch_dtype=stored)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for file in files:
+            with safe_open(file, framework="pt") as reader:
+                names = [name for name in reader.keys() if name in tensors and tensors[name].is_floating_point()]
+            for name in names:  # a map per tensor, closed (and its pages let go) before the next
+                with safe_open(file, framework="pt") as reader:
+                    tensors[name].data = reader.get_tensor(name).to(torch_dtype)
+    # tensors the files name otherwise (old key names the library renamed on load) are cast from its map
+    return model.to(torch_dtype)
+
+
+def _model_class(entry: list[str]) -> Any:
+    """The class a ``model_index.json`` entry ``[library, class name]`` names."""
+    library, class_name = entry
+    return getattr(importlib.import_module(library), class_name)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files the library loads from a model folder (the shards of an index), or [] if none."""
+    for stem in WEIGHT_FILE_STEMS:
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            return [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        if (folder / f"{stem}.safetensors").is_file():
+            return [folder / f"{stem}.safetensors"]
+    return []
+
+
+def _stored_float_dtype(files: list[Path]) -> torch.dtype | None:
+    """The one floating-point dtype the files store (read from their headers), or None (none, mixed, other)."""
+    from safetensors import safe_open
+
+    stored = set()
+    for file in files:
+        with safe_open(file, framework="pt") as reader:
+            stored |= {reader.get_slice(name).get_dtype() for name in reader.keys()}
+    floats = {name for name in stored if name != "BOOL" and not name.startswith(("I", "U"))}
+    return SAFETENSORS_FLOAT_DTYPES.get(floats.pop()) if len(floats) == 1 else None
 
 
 def build_scheduler(current: Any, name: str) -> Any:

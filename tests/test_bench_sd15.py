@@ -1,10 +1,13 @@
-"""``benchmarks/sd15_speed.py`` at its --tiny size on CPU, and the Merge-vs-diffusers table of ``harness bench``."""
+"""``benchmarks/sd15_speed.py`` at its --tiny size on CPU, and the Merge-vs-diffusers and load tables of
+``harness bench``."""
 
 from __future__ import annotations
 
 import re
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import sd15_speed  # noqa: E402
@@ -19,9 +22,11 @@ def test_sd15_speed_tiny_prints_a_line_per_method_and_the_ratio(tmp_path, capsys
     lines = capsys.readouterr().out.splitlines()
     assert "64x64, 2 steps, float32, device cpu" in lines[0]
     assert "LoRA layers applied: UNet 800, text encoder 60" in lines[0]  # every attention and ff layer, x5
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-2]}
+    assert re.fullmatch(r"load peak \(float32, .*\), added: host resident \d+\.\d\d GiB, GPU n/a; "
+                        r"weights 0\.0\d GiB", lines[1])
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:-2]}
     assert list(rows) == methods
-    assert all(float(seconds) > 0 and memory == "n/a" for seconds, memory in rows.values())
+    assert all(float(seconds) > 0 and float(memory) > 0 for seconds, memory in rows.values())  # resident GiB
     assert re.fullmatch(r"composite\(K=5\) / merge: \d+\.\d\d \(goal <= 2\.5\)", lines[-2])
     assert re.fullmatch(r"merge / diffusers: \d+\.\d{3} \(goal <= 1\.05\)", lines[-1])
     assert (tmp_path / "sd15-tiny" / "model_index.json").exists()  # kept: the next run loads it
@@ -34,3 +39,12 @@ def test_bench_merge_vs_diffusers_same_image(tmp_path, capsys):
     harness_s, diffusers_s, ratio, difference = lines[-1].split()
     assert float(harness_s) > 0 and float(diffusers_s) > 0 and float(ratio) > 0
     assert int(difference) <= 1  # the bare pipe call does the same work: the same image
+
+
+def test_bench_load_section_prints_float32_and_the_dtype(tiny_testbed_dir, capsys):
+    assert bench.main(["--sections", "load", "--dtype", "bfloat16", "--folder", str(tiny_testbed_dir)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[-2:]}
+    assert list(rows) == ["float32", "bfloat16"]
+    (float32_resident, float32_gpu, float32_weights), (resident, gpu, weights) = rows.values()
+    assert float(float32_resident) > 0 and float(resident) > 0 and float32_gpu == gpu == "n/a"
+    assert float(weights) == pytest.approx(float(float32_weights) / 2, rel=0.01)  # every weight in bfloat16
