@@ -6,8 +6,8 @@ folders are, so a float16 run casts on load like a real model) and loads it thro
 ``harness.pipelines.load_pipeline`` (the code path of a real model), printing the memory that load added at
 its peak (``harness.bench.load_measured``: host resident set and GPU); writes 5 random kohya-format LoRAs of
 ranks 8, 16, 32, 64 and 128 on the attention and feed-forward layers of the UNet and the text encoder (the
-layers and ranks of Civitai LoRAs); then times each method through ``harness.sampler.Sampler`` at batch 1
-(the sampler has no option to generate several images in one batch yet, so there is no batch-8 figure).
+layers and ranks of Civitai LoRAs); then times each method through ``harness.sampler.Sampler`` at batch 1 and
+with ``--batch-size`` images (seeds of the one set) per denoising loop.
 Nothing is downloaded: the model and LoRAs are cached under ``--folder`` and reused.
 
 Each method gets one warm-up image; the repeats are interleaved across methods (each repeat runs every
@@ -39,7 +39,7 @@ from harness.bench import load_measured
 from harness.devices import peak_memory_mib, reset_peak_memory, resolve_device
 from harness.lora import AdapterCache, LoraSpec
 from harness.methods import METHODS, ImageContext
-from harness.sampler import NonFiniteError, Sampler, SamplingSettings
+from harness.sampler import ImageJob, NonFiniteError, Sampler, SamplingSettings
 from harness.tiny import build_clip_tokenizer
 
 ALL_METHODS = ["base", "merge", "switch", "composite", "w_switch", "w_composite", "cmlora", "loratorio", "klora",
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"methods to time; {BARE!r}: a bare diffusers pipe(...) call after pipe.set_adapters with "
                              "the 5 adapters at Merge's scale (both timed)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="also time each method this many images per denoising loop (seeds 0.., one set); 0: skip")
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="where the model and LoRAs are kept")
     args = parser.parse_args(argv)
     size = args.size or (64 if args.tiny else 512)
@@ -208,11 +210,37 @@ def main(argv: list[str] | None = None) -> int:
             if repeat:
                 seconds[method_name].append(elapsed)
 
-    # 3. the table
+    # 3. the same methods, --batch-size images (seeds) per denoising loop: one warm-up batch, then the repeats
+    batch_seconds: dict[str, list[float]] = defaultdict(list)
+    batch_peak: dict[str, float] = {}
+    for repeat in range(args.repeats + 1 if args.batch_size > 1 else 0):
+        for method_name in args.methods:
+            if method_name == BARE or method_name in failed:
+                continue
+            sampler = samplers[method_name]
+            sampler.adapters.forget()
+            jobs = [ImageJob(METHODS.get(method_name)(), ImageContext(
+                specs, SCALE, prompt, steps, sampler.importance_embedder(METHODS.get(method_name)()),
+                sampler.lora_deltas), seed) for seed in range(args.batch_size)]
+            reset_peak_memory(device)
+            started = time.perf_counter()
+            outcomes = sampler.generate_batch(jobs, "", settings)
+            if on_cuda:
+                torch.cuda.synchronize()
+            if any(outcome.error for outcome in outcomes):
+                failed[method_name] = f"batch of {args.batch_size}: {next(o.error for o in outcomes if o.error)}"
+                continue
+            if repeat:
+                batch_seconds[method_name].append((time.perf_counter() - started) / args.batch_size)
+            peak_mib = peak_memory_mib(device)
+            if peak_mib is not None:
+                batch_peak[method_name] = max(batch_peak.get(method_name, 0.0), peak_mib / 1024)
+
+    # 4. the table
     gpu = torch.cuda.get_device_name(torch.device(device)) if on_cuda else "no GPU"
     print(f"SD1.5-shaped random model{' (--tiny)' if args.tiny else ''}, {size}x{size}, {steps} steps, {dtype}, "
           f"device {device} ({gpu}), torch threads {torch.get_num_threads()}, K=5 LoRAs of ranks "
-          f"{', '.join(map(str, shape['ranks']))}, batch 1 (no batch option yet), median of {args.repeats}; "
+          f"{', '.join(map(str, shape['ranks']))}, median of {args.repeats}; "
           f"LoRA layers applied: UNet {applied['unet']}, text encoder {applied['text_encoder']} (all 5); "
           f"build/load {setup_seconds:.1f} s")
 
@@ -221,17 +249,26 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"load peak ({dtype}, load_pipeline and one read of every weight), added: host resident "
           f"{gib(load_peak.resident_mib)}, GPU {gib(load_peak.cuda_mib)}; weights {gib(load_peak.weights_mib)}")
-    print(f"{'method':<12} {'s/image':>8} {'peak GiB':>9}  ({'GPU allocated' if on_cuda else 'process resident set'})")
-    medians = {}
+    batch = args.batch_size
+    print(f"{'method':<12} {'s/image':>8} {'peak GiB':>9} {f'b{batch} s/image':>12} {f'b{batch} peak GiB':>14}  "
+          f"(batch 1, then {batch} images per loop; peak: {'GPU allocated' if on_cuda else 'process resident set'})")
+    medians, batch_medians = {}, {}
     for method_name in args.methods:
         if method_name in failed:
             print(f"{method_name:<12} {'failed':>8} {'':>9}  {failed[method_name]}")
             continue
         medians[method_name] = statistics.median(seconds[method_name])
         memory = f"{peak[method_name]:.2f}" if method_name in peak else "n/a"
-        print(f"{method_name:<12} {medians[method_name]:>8.3f} {memory:>9}")
+        batched, batched_memory = "n/a", "n/a"
+        if batch_seconds.get(method_name):
+            batch_medians[method_name] = statistics.median(batch_seconds[method_name])
+            batched = f"{batch_medians[method_name]:.3f}"
+            batched_memory = f"{batch_peak[method_name]:.2f}" if method_name in batch_peak else "n/a"
+        print(f"{method_name:<12} {medians[method_name]:>8.3f} {memory:>9} {batched:>12} {batched_memory:>14}")
     if "composite" in medians and "merge" in medians:
-        print(f"composite(K=5) / merge: {medians['composite'] / medians['merge']:.2f} (goal <= 2.5)")
+        print(f"composite(K=5) / merge: {medians['composite'] / medians['merge']:.2f} at batch 1"
+              + (f", {batch_medians['composite'] / batch_medians['merge']:.2f} at batch {batch}"
+                 if "composite" in batch_medians and "merge" in batch_medians else "") + " (goal <= 2.5 batched)")
     else:
         print("composite(K=5) / merge: n/a (time both merge and composite)")
     if "merge" in medians and BARE in medians:

@@ -1,6 +1,7 @@
 """``python -m harness bench``: the memory a pipeline load adds (float32 and the requested dtype), seconds per
-image and peak memory per method, batched vs sequential Composite at K=2..5, and the harness's Merge against a
-bare diffusers ``StableDiffusionPipeline`` call with the same adapters set.
+image and peak memory per method, batched vs sequential Composite at K=2..5, the harness's Merge against a
+bare diffusers ``StableDiffusionPipeline`` call with the same adapters set, and images per second at batch 8 vs
+batch 1 per method on the toy testbed (``batch_size``; the tiny one where the toy is not built).
 
 Prints figures; it asserts nothing (speed targets are checked by reading these numbers, not by tests).
 Runs on the tiny random pipeline (CPU-sized; ``--folder`` keeps it between runs); ``--device cuda --dtype
@@ -30,7 +31,8 @@ from harness.pipelines import load_pipeline
 from harness.sampler import Sampler, SamplingSettings
 from harness.tiny import build_tiny_testbed
 
-SECTIONS = ("load", "methods", "merge_vs_diffusers", "batching")
+SECTIONS = ("load", "methods", "merge_vs_diffusers", "batching", "batch_size")
+CORE_METHODS = ["base", "merge", "switch", "composite", "w_switch", "w_composite"]
 CATEGORY_ORDER = ["character", "clothing", "style", "background", "object"]
 
 
@@ -137,6 +139,58 @@ def _merge_vs_diffusers(pipe: Any, specs: list[LoraSpec], settings: SamplingSett
     return statistics.median(times["harness"]), statistics.median(times["diffusers"]), difference
 
 
+@dataclass(frozen=True)
+class BatchFigures:
+    """One method on a testbed's images: seconds per image at batch 1 and at batch B, the largest difference of
+    any image's final latents between the two, and the peak memory (MiB) of the batch-B run."""
+
+    single_seconds: float
+    batch_seconds: float
+    max_latent_difference: float
+    batch_peak_mib: float | None
+
+
+def batch_figures(testbed_name: str, methods: list[str], batch_size: int, images: int,
+                  device: str) -> tuple[str, dict[str, BatchFigures]]:
+    """Each method's ``images`` first images of the testbed (an even share of every N, one seed), made one at a time
+    and then ``batch_size`` at a time through the runner's sampler, after one warm-up batch."""
+    from harness.config import load_testbed_config, testbed_config
+    from harness.runner import Runner, image_seed, select_sets
+    from harness.sampler import ImageJob
+
+    testbed = load_testbed_config(testbed_config(testbed_name))
+    sets = select_sets(testbed.sets(), limit_per_n=max(1, images // len(testbed.n)))[:images]
+    figures = {}
+    for name in methods:
+        runner = Runner(testbed, METHODS.get(name)(), name, Path(tempfile.gettempdir()), device=device)
+        sampler = runner.sampler()
+        runner._adapters.ensure([lora for composition in sets for lora in composition.loras])
+
+        def jobs(chunk: list[Any]) -> list[ImageJob]:
+            return [ImageJob(METHODS.get(name)(), ImageContext(
+                list(composition.loras), runner.lora_scale, testbed.prompt_for(composition), runner.settings.steps,
+                sampler.importance_embedder(runner.method), sampler.lora_deltas), image_seed(0, composition.id))
+                for composition in chunk]
+
+        def timed(size: int) -> tuple[float, list[torch.Tensor]]:
+            latents, started = [], time.perf_counter()
+            for start in range(0, len(sets), size):
+                outcomes = sampler.generate_batch(jobs(sets[start : start + size]), testbed.negative_prompt,
+                                                  runner.settings)
+                latents += [outcome.latents for outcome in outcomes]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return (time.perf_counter() - started) / len(sets), latents
+
+        sampler.generate_batch(jobs(sets[:batch_size]), testbed.negative_prompt, runner.settings)  # warm-up
+        single, alone = timed(1)
+        reset_peak_memory(device)
+        batched, together = timed(batch_size)
+        difference = max(float((a - b).abs().max()) for a, b in zip(alone, together))
+        figures[name] = BatchFigures(single, batched, difference, peak_memory_mib(device))
+    return f"{testbed.name}, {len(sets)} images of {len(sets)} sets", figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -147,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=None, help="tiny testbed folder (built if missing)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="which tables to print (default: all)")
+    parser.add_argument("--batch-testbed", default=None,
+                        help="testbed of the batch_size section (default: toy if built, else tiny)")
+    parser.add_argument("--batch-size", type=int, default=8, help="the batch_size section's batch")
+    parser.add_argument("--batch-images", type=int, default=16, help="images per method in the batch_size section")
+    parser.add_argument("--batch-methods", nargs="+", default=CORE_METHODS, help="methods of the batch_size section")
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.gettempdir()) / "harness-bench-tiny"
     build_tiny_testbed(folder)
@@ -190,4 +249,17 @@ def main(argv: list[str] | None = None) -> int:
                                                args.repeats, device)
             print(f"{k:>2} {batched:>10.3f} {sequential:>13.3f} {batched / sequential:>6.2f} "
                   f"{_mib(batched_mib):>12} {_mib(sequential_mib):>15}")
+    if "batch_size" in args.sections:
+        from harness.demo import default_testbed
+
+        what, figures = batch_figures(args.batch_testbed or default_testbed(), args.batch_methods, args.batch_size,
+                                      args.batch_images, device)
+        print(f"\nimages per second at batch {args.batch_size} vs batch 1 ({what}, the testbed's steps and size); "
+              f"goal >= 2x; max |d latents| between the two; peak MiB of the batched run")
+        print(f"{'method':<12} {'batch 1 img/s':>14} {f'batch {args.batch_size} img/s':>14} {'ratio':>6} "
+              f"{'max |d|':>9} {'peak MiB':>9}")
+        for name, figure in figures.items():
+            print(f"{name:<12} {1 / figure.single_seconds:>14.2f} {1 / figure.batch_seconds:>14.2f} "
+                  f"{figure.single_seconds / figure.batch_seconds:>6.2f} {figure.max_latent_difference:>9.1e} "
+                  f"{_mib(figure.batch_peak_mib):>9}")
     return 0

@@ -181,6 +181,18 @@ def per_row_adapters(layers: list[tuple[str, torch.nn.Module]], names: list[str]
             handle.remove()
 
 
+def one_scale_each(plans: list[ImagePlan]) -> dict[str, float]:
+    """Every adapter the plans' passes use with its scale, or {} if some adapter is used at two scales."""
+    scales: dict[str, float] = {}
+    for plan in plans:
+        for step in plan.steps:
+            for unet_pass in step.passes:
+                for name, scale in unet_pass.adapters:
+                    if scales.setdefault(name, scale) != scale:
+                        return {}
+    return scales
+
+
 class NonFiniteError(RuntimeError):
     """Sampling produced NaN or inf: the image is recorded as failed, never saved as a result."""
 
@@ -232,6 +244,7 @@ class Sampler:
         # ``merged_capacity`` are kept (least recently used go first)
         self.merged = MergedAdapters(pipe, capacity=merged_capacity)
         self.layers: list[tuple[str, torch.nn.Module]] = []  # the UNet's LoRA layers, found once per batch
+        self.batch_scales: dict[str, float] = {}  # every adapter the batch's passes use, at its one scale (if one)
         self.stacked: dict[tuple, Any] = {}  # this batch's several-adapter passes as one LoRA per layer
         self.batched_failed: str | None = None  # why per-sample forwards were abandoned under "auto"
         self.evaluations: Counter[str] = Counter()  # UNet evaluations of the last image of ``denoise``/``predict``
@@ -375,6 +388,8 @@ class Sampler:
         shared = self._adapters_per_row(entries) if self.batching != "sequential" and not self.batched_failed else None
         if shared is not None:
             scales, rows = shared
+            if all(self.batch_scales.get(name) == scale for name, scale in scales.items()):
+                scales = self.batch_scales  # the same call all batch long: PEFT's set_adapters is not free
             self.adapters.set_unet(scales)  # sets each adapter's scale; the rows' names do the rest
             try:
                 return self._forward(entries, latents, timestep, texts, rows)
@@ -440,6 +455,7 @@ class Sampler:
         live = [image for image, outcome in enumerate(outcomes) if outcome.error is None]
         if not live:
             return outcomes
+        self.batch_scales = one_scale_each([outcomes[image].plan for image in live])
 
         # 2. initial noise from each image's own generator (on CPU: identical across devices, orders and batches)
         scheduler = pipe.scheduler

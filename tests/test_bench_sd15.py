@@ -18,7 +18,7 @@ from harness import bench  # noqa: E402
 def test_sd15_speed_tiny_prints_a_line_per_method_and_the_ratio(tmp_path, capsys):
     methods = ["merge", "composite", "merge_svd", "diffusers"]
     assert sd15_speed.main(["--tiny", "--device", "cpu", "--repeats", "1", "--steps", "2", "--folder",
-                            str(tmp_path), "--methods", *methods]) == 0
+                            str(tmp_path), "--methods", *methods, "--batch-size", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "64x64, 2 steps, float32, device cpu" in lines[0]
     assert "LoRA layers applied: UNet 800, text encoder 60" in lines[0]  # every attention and ff layer, x5
@@ -26,8 +26,11 @@ def test_sd15_speed_tiny_prints_a_line_per_method_and_the_ratio(tmp_path, capsys
                         r"weights 0\.0\d GiB", lines[1])
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:-2]}
     assert list(rows) == methods
-    assert all(float(seconds) > 0 and float(memory) > 0 for seconds, memory in rows.values())  # resident GiB
-    assert re.fullmatch(r"composite\(K=5\) / merge: \d+\.\d\d \(goal <= 2\.5\)", lines[-2])
+    for name, (seconds, memory, *batched) in rows.items():  # batch 1 and batch 3: s/image, resident GiB
+        assert float(seconds) > 0 and float(memory) > 0
+        assert batched == ["n/a", "n/a"] if name == "diffusers" else all(float(value) > 0 for value in batched)
+    assert re.fullmatch(r"composite\(K=5\) / merge: \d+\.\d\d at batch 1, \d+\.\d\d at batch 3 "
+                        r"\(goal <= 2\.5 batched\)", lines[-2])
     assert re.fullmatch(r"merge / diffusers: \d+\.\d{3} \(goal <= 1\.05\)", lines[-1])
     assert (tmp_path / "sd15-tiny" / "model_index.json").exists()  # kept: the next run loads it
 
@@ -48,3 +51,15 @@ def test_bench_load_section_prints_float32_and_the_dtype(tiny_testbed_dir, capsy
     (float32_resident, float32_gpu, float32_weights), (resident, gpu, weights) = rows.values()
     assert float(float32_resident) > 0 and float(resident) > 0 and float32_gpu == gpu == "n/a"
     assert float(weights) == pytest.approx(float(float32_weights) / 2, rel=0.01)  # every weight in bfloat16
+
+
+def test_bench_batch_size_section_prints_each_method(capsys):
+    """On the tiny testbed (as a named testbed whose assets the config builds): a row per method, with a ratio and
+    the latent difference between batch 1 and the batch."""
+    assert bench.main(["--sections", "batch_size", "--batch-testbed", "tiny", "--batch-size", "2", "--batch-images",
+                       "4", "--batch-methods", "merge", "composite"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[-2:]}
+    assert list(rows) == ["merge", "composite"]
+    for single, batched, ratio, difference, peak in rows.values():
+        assert float(single) > 0 and float(batched) > 0 and float(ratio) > 0 and float(peak) > 0
+        assert float(difference) < 1e-2  # the tiny model's latents are ~30: float rounding only
