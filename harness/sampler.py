@@ -13,10 +13,11 @@ two rows: uncond and cond):
 
 - every entry of a forward asks for the same adapters: they are set on the UNet and the forward is plain
   (Merge, Switch, K-LoRA's routing, at batch 1);
-- otherwise every row names one adapter per LoRA layer (PEFT's per-sample ``adapter_names``): a pass with one
-  adapter names it, a routed pass (K-LoRA) its layer's, a pass with none ``__base__`` (LoRAtorio's base
-  pass), and a pass with several (Merge in a batch of several images) a *combined* adapter built once from its
-  adapters with peft's ``cat`` (exactly sum_k scale_k dW_k), kept in a small LRU;
+- otherwise every row gets its own adapters in every LoRA layer (``per_row_adapters``): a pass with one adapter
+  (or none: LoRAtorio's base pass) names it to PEFT as a per-sample ``adapter_names`` entry, a routed pass
+  (K-LoRA) names each layer's own, and a pass with several (Merge in a batch of several sets) has them added
+  after the layer as one stacked LoRA (the A's stacked, the B's side by side times each scaling: exactly
+  sum_k scale_k dW_k x, what PEFT computes for active adapters);
 - ``batching="sequential"`` runs every entry as its own forward (and ``auto`` falls back to that, once and
   said in the plan's notes, if a per-sample forward fails).
 

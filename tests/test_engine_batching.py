@@ -125,6 +125,24 @@ def test_one_bad_image_fails_alone_in_its_batch(batch_world):
     assert (alone.latents - outcomes[2].latents).abs().max() <= 1e-4
 
 
+class RaisesForOneSet(NaNForOneSet):
+    def combine(self, step, predictions, guidance_scale):
+        if self.prompt == self.bad_prompt:
+            raise RuntimeError("this image's combination broke")
+        return super().combine(step, predictions, guidance_scale)
+
+
+def test_an_error_mid_loop_fails_that_image_and_the_others_are_made_alone(batch_world):
+    testbed, runner, sampler, images = batch_world
+    jobs = jobs_for("composite", testbed, runner, sampler, images[:3])
+    RaisesForOneSet.bad_prompt = jobs[0].context.prompt
+    for job in jobs:
+        job.method = RaisesForOneSet()
+    outcomes = sampler.denoise_batch(jobs, testbed.negative_prompt, runner.settings)
+    assert "broke" in str(outcomes[0].error)
+    assert outcomes[1].error is None and outcomes[2].error is None and outcomes[2].latents is not None
+
+
 def test_an_error_in_one_plan_fails_that_image_only(batch_world):
     testbed, runner, sampler, images = batch_world
     jobs = jobs_for("single", testbed, runner, sampler, images[:3])
