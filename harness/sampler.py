@@ -511,11 +511,15 @@ class Sampler:
     def denoise(self, method: CompositionMethod, context: ImageContext, negative_prompt: str,
                 settings: SamplingSettings, seed: int) -> tuple[torch.Tensor, ImagePlan]:
         """One image: its final latents and what the method planned (its evaluations in ``self.evaluations``)."""
-        outcome = self.denoise_batch([ImageJob(method, context, seed)], negative_prompt, settings)[0]
+        outcome = self._alone(self.denoise_batch([ImageJob(method, context, seed)], negative_prompt, settings)[0])
+        return outcome.latents, outcome.plan
+
+    def _alone(self, outcome: ImageOutcome) -> ImageOutcome:
+        """A batch of one's outcome: its evaluations in ``self.evaluations``, its error raised."""
         self.evaluations = outcome.evaluations
         if outcome.error is not None:
             raise outcome.error
-        return outcome.latents, outcome.plan
+        return outcome
 
     @torch.no_grad()
     def decode_batch(self, outcomes: list[ImageOutcome]) -> None:
@@ -544,8 +548,5 @@ class Sampler:
     def generate(self, method: CompositionMethod, context: ImageContext, negative_prompt: str,
                  settings: SamplingSettings, seed: int) -> tuple[Image.Image, ImagePlan]:
         """One image and its plan (its evaluations in ``self.evaluations``)."""
-        outcome = self.generate_batch([ImageJob(method, context, seed)], negative_prompt, settings)[0]
-        self.evaluations = outcome.evaluations
-        if outcome.error is not None:
-            raise outcome.error
+        outcome = self._alone(self.generate_batch([ImageJob(method, context, seed)], negative_prompt, settings)[0])
         return outcome.image, outcome.plan
