@@ -3,7 +3,7 @@
 Idempotency lives here, not in the launcher (Hydra has no sweep resume): each image has a content-addressed
 key, and an image whose key is already recorded next to an existing file is skipped. The set's
 ``metadata.json`` is updated (locked read, merge, atomic write: ``harness.store``) after every image, so a
-killed run loses at most the image in flight. Scoring and tables are not this module's job
+killed run loses at most the images in flight (one batch). Scoring and tables are not this module's job
 (``harness.workflow``).
 """
 

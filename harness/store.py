@@ -17,7 +17,7 @@ Layout of a results folder (``results/<testbed>/`` by default)::
     agreement.csv                                     human ratings vs metrics (``python -m harness agreement``)
 
 ``metadata.json`` is rewritten atomically under a file lock after every image (read, merge, write), so a
-killed run loses at most the image in flight and two runs writing one folder keep each other's records.
+killed run loses at most the images in flight (one batch) and two runs writing one folder keep each other's records.
 A record's ``key`` is the content-addressed hash of everything that determines the pixels.
 
 The LLM judge's pairwise rows name the other method in the sub-metric: ``<criterion>_vs_<other label>`` and
