@@ -242,3 +242,21 @@ def test_batch_size_is_validated_and_never_names_a_sweep_point(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         RunSettings(output_dir=tmp_path, batch_size=0)
     assert sweep_label("merge", ["batch_size=8", "seeds=[0,1]"]) == "merge"
+
+
+def test_shards_at_a_batch_size_make_the_images_of_the_whole_run(tiny_testbed_dir, tmp_path):
+    testbed = tiny_testbed(tiny_testbed_dir)
+    sets = select_sets(testbed.sets(), limit_per_n=3)
+    whole = make_runner(testbed, tmp_path / "all", "merge")
+    whole.batch_size = 4
+    run_all(whole, sets)
+    made = []
+    for index in range(2):
+        shard = make_runner(testbed, tmp_path / "shards", "merge")
+        shard.batch_size = 2
+        made.append(run_all(shard, select_sets(sets, shard=f"{index}/2")).generated)
+    assert sum(made) == len(sets) and min(made) > 0
+    twins = {image.set_id: image for image in iter_images(tmp_path / "all")}
+    for image in iter_images(tmp_path / "shards"):
+        pixels = [np.asarray(Image.open(path), dtype=np.int16) for path in (image.path, twins[image.set_id].path)]
+        assert image.key == twins[image.set_id].key and np.abs(pixels[0] - pixels[1]).max() <= 1
