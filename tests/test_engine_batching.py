@@ -112,12 +112,19 @@ class NaNForOneSet(METHODS.get("composite")):
         return super().prepare(context)
 
 
+def jobs_with_one_bad(method_class, bad, count, batch_world):
+    """``count`` Composite jobs of different sets whose methods (``method_class``) misbehave for image ``bad``."""
+    testbed, runner, sampler, images = batch_world
+    jobs = jobs_for("composite", testbed, runner, sampler, images[:count])
+    method_class.bad_prompt = jobs[bad].context.prompt
+    for job in jobs:
+        job.method = method_class()
+    return jobs
+
+
 def test_one_bad_image_fails_alone_in_its_batch(batch_world):
     testbed, runner, sampler, images = batch_world
-    jobs = jobs_for("composite", testbed, runner, sampler, images[:4])
-    NaNForOneSet.bad_prompt = jobs[1].context.prompt
-    for job in jobs:
-        job.method = NaNForOneSet()
+    jobs = jobs_with_one_bad(NaNForOneSet, 1, 4, batch_world)
     outcomes = sampler.denoise_batch(jobs, testbed.negative_prompt, runner.settings)
     assert isinstance(outcomes[1].error, NonFiniteError)
     assert [outcome.error for k, outcome in enumerate(outcomes) if k != 1] == [None, None, None]
@@ -134,10 +141,7 @@ class RaisesForOneSet(NaNForOneSet):
 
 def test_an_error_mid_loop_fails_that_image_and_the_others_are_made_alone(batch_world):
     testbed, runner, sampler, images = batch_world
-    jobs = jobs_for("composite", testbed, runner, sampler, images[:3])
-    RaisesForOneSet.bad_prompt = jobs[0].context.prompt
-    for job in jobs:
-        job.method = RaisesForOneSet()
+    jobs = jobs_with_one_bad(RaisesForOneSet, 0, 3, batch_world)
     outcomes = sampler.denoise_batch(jobs, testbed.negative_prompt, runner.settings)
     assert "broke" in str(outcomes[0].error)
     assert outcomes[1].error is None and outcomes[2].error is None and outcomes[2].latents is not None
