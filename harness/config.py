@@ -76,7 +76,7 @@ def run_settings(cfg: DictConfig) -> RunSettings:
         output_dir=Path(cfg.output_dir), seeds=_optional_tuple(cfg.seeds), seed_mode=cfg.seed_mode,
         n=_optional_tuple(cfg.n), sets=_optional_tuple(cfg.sets), limit=cfg.limit,
         limit_per_n=cfg.get("limit_per_n"), shard=Shard.parse(cfg.shard), device=cfg.device, dtype=cfg.dtype,
-        batching=cfg.batching, batch_size=int(cfg.get("batch_size", 1)), adapter_cache=cfg.adapter_cache,
+        batching=cfg.batching, batch_size=cfg.get("batch_size", 1), adapter_cache=cfg.adapter_cache,
         score=bool(cfg.get("score", True)),
         tables=bool(cfg.get("tables", True)), progress=bool(cfg.get("progress", True)),
         overwrite=bool(cfg.get("overwrite", False)), lora_min_applied=float(cfg.get("lora_min_applied", 0.9)),

@@ -85,7 +85,9 @@ class RunSettings:
         _positive("limit", self.limit)
         _positive("limit_per_n", self.limit_per_n)
         _positive("adapter_cache", self.adapter_cache)
-        _positive("batch_size", self.batch_size)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r}: images per denoising loop, a whole number >= 1 "
+                              "(1 = one image at a time; 8-16 on the toy testbed)")
         if not 0 <= self.lora_min_applied <= 1:
             raise ConfigError(f"lora_min_applied={self.lora_min_applied}: a share, between 0 and 1")
         check_device(self.device)

@@ -243,8 +243,9 @@ def test_a_bad_lora_fails_its_sets_images_only(tiny_testbed_dir, tmp_path):
 def test_batch_size_is_validated_and_never_names_a_sweep_point(tmp_path):
     from harness.config import sweep_label
 
-    with pytest.raises(ConfigError, match="batch_size"):
-        RunSettings(output_dir=tmp_path, batch_size=0)
+    for wrong in (0, None, "8"):
+        with pytest.raises(ConfigError, match="batch_size.*images per denoising loop"):
+            RunSettings(output_dir=tmp_path, batch_size=wrong)
     assert sweep_label("merge", ["batch_size=8", "seeds=[0,1]"]) == "merge"
 
 
