@@ -22,7 +22,9 @@ two rows: uncond and cond):
   said in the plan's notes, if a per-sample forward fails).
 
 Full passes run before shallow ones (CMLoRA's cache: ``harness.deepcache``); each image counts both in its
-``ImageOutcome.evaluations``. A failure in one image (its plan, its NaN latents) fails that image only.
+``ImageOutcome.evaluations``. A failure in one image (its plan, its NaN latents) fails that image only; a batch
+that fails as a whole is made again in halves, and after running out of device memory the sampler keeps its
+batches below that size (``batch_limit``).
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ class Sampler:
         self.batch_scales: dict[str, float] = {}  # every adapter the batch's passes use, at its one scale (if one)
         self.stacked: dict[tuple, Any] = {}  # this batch's several-adapter passes as one LoRA per layer
         self.batched_failed: str | None = None  # why per-sample forwards were abandoned under "auto"
+        self.batch_limit: int | None = None  # images per loop after running out of device memory with more
         self.evaluations: Counter[str] = Counter()  # UNet evaluations of the last image of ``denoise``/``predict``
         self.features: dict[tuple, torch.Tensor] = {}  # deep features stored by this batch's passes
 
@@ -394,6 +397,8 @@ class Sampler:
             self.adapters.set_unet(scales)  # sets each adapter's scale; the rows' names do the rest
             try:
                 return self._forward(entries, latents, timestep, texts, rows)
+            except torch.OutOfMemoryError:
+                raise  # not a per-sample problem: ``denoise_batch`` makes the batch in halves
             except (TypeError, ValueError, RuntimeError) as error:
                 if self.batching == "batched":
                     raise
@@ -433,6 +438,9 @@ class Sampler:
     def denoise_batch(self, jobs: list[ImageJob], negative_prompt: str,
                       settings: SamplingSettings) -> list[ImageOutcome]:
         """The denoising loop for a batch of images; every outcome has its plan and final latents, or its error."""
+        if self.batch_limit and len(jobs) > self.batch_limit:  # the device ran out of memory at this size before
+            return [outcome for start in range(0, len(jobs), self.batch_limit)
+                    for outcome in self.denoise_batch(jobs[start : start + self.batch_limit], negative_prompt, settings)]
         pipe = self.pipe
         device, dtype = pipe.unet.device, pipe.unet.dtype
         outcomes = [ImageOutcome() for _ in jobs]
@@ -489,11 +497,17 @@ class Sampler:
             if len(live) == 1:
                 outcomes[live[0]].error = error
                 return outcomes
-            # one image's failure must not fail the others: each image again, alone
-            log.warning("a batch of %d images failed (%s: %s); generating them one at a time", len(live),
-                        type(error).__name__, error)
-            for image in live:
-                outcomes[image] = self.denoise_batch([jobs[image]], negative_prompt, settings)[0]
+            # one image's failure must not fail the others, and a batch too big for the device must not fail at
+            # all: each half again (down to single images), and after running out of memory no batch this big
+            if isinstance(error, torch.OutOfMemoryError):
+                self.batch_limit = min(self.batch_limit or len(live), max(1, len(live) // 2))
+            log.warning("a batch of %d images failed (%s: %s); generating it in halves", len(live),
+                        type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            half = (len(live) + 1) // 2
+            for part in (live[:half], live[half:]):
+                for image, outcome in zip(part, self.denoise_batch([jobs[i] for i in part], negative_prompt,
+                                                                   settings)):
+                    outcomes[image] = outcome
             return outcomes
         for position, image in enumerate(live):
             outcome, bad_step = outcomes[image], int(first_bad[position])

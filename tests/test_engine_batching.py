@@ -265,3 +265,27 @@ def test_shards_at_a_batch_size_make_the_images_of_the_whole_run(tiny_testbed_di
     for image in iter_images(tmp_path / "shards"):
         pixels = [np.asarray(Image.open(path), dtype=np.int16) for path in (image.path, twins[image.set_id].path)]
         assert image.key == twins[image.set_id].key and np.abs(pixels[0] - pixels[1]).max() <= 1
+
+
+def test_a_batch_too_big_for_the_device_is_made_in_halves_and_later_batches_stay_small(batch_world, monkeypatch):
+    testbed, runner, sampler, images = batch_world
+    alone = [sampler.denoise_batch([job], testbed.negative_prompt, runner.settings)[0].latents
+             for job in jobs_for("composite", testbed, runner, sampler, images)]
+    real_unet = sampler._unet
+    widest = []
+
+    def small_device(latents, timestep, text):
+        if latents.shape[0] > 8:  # more rows than this "device" holds
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        widest.append(latents.shape[0])
+        return real_unet(latents, timestep, text)
+
+    monkeypatch.setattr(sampler, "_unet", small_device)
+    monkeypatch.setattr(sampler, "batch_limit", None)
+    outcomes = sampler.denoise_batch(jobs_for("composite", testbed, runner, sampler, images), testbed.negative_prompt,
+                                     runner.settings)
+    assert all(outcome.error is None for outcome in outcomes)
+    for single, outcome in zip(alone, outcomes):
+        assert (single - outcome.latents).abs().max() <= 1e-4 * max(1.0, single.abs().max())
+    assert sampler.batch_limit is not None and sampler.batch_limit < len(images)
+    assert max(widest) <= 8
