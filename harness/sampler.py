@@ -350,7 +350,8 @@ class Sampler:
             names, per_layer, several = rows
             self.layers = self.layers or lora_layers(self.pipe.unet)
             count = len(entries)  # the cond rows repeat the uncond rows' adapters
-            routing = per_row_adapters(self.layers, names + names, {layer: row + row for layer, row in per_layer.items()},
+            routing = per_row_adapters(self.layers, names + names,
+                                       {layer: row + row for layer, row in per_layer.items()},
                                        {adapters: indices + [i + count for i in indices]
                                         for adapters, indices in several.items()}, self.stacked)
         with routing, self._deep_features(entries):
@@ -417,7 +418,8 @@ class Sampler:
         predictions: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         for kind in ("full", "shallow"):
             entries = [Entry(image, index, unet_pass) for image, step in enumerate(steps)
-                       for index, unet_pass in enumerate(step.passes) if (unet_pass.features == REUSE) == (kind == "shallow")]
+                       for index, unet_pass in enumerate(step.passes)
+                       if (unet_pass.features == REUSE) == (kind == "shallow")]
             if entries:
                 outputs = self._run(entries, latents, timestep, texts)
                 predictions.update(zip([(entry.image, entry.index) for entry in entries], outputs))
@@ -439,8 +441,9 @@ class Sampler:
                       settings: SamplingSettings) -> list[ImageOutcome]:
         """The denoising loop for a batch of images; every outcome has its plan and final latents, or its error."""
         if self.batch_limit and len(jobs) > self.batch_limit:  # the device ran out of memory at this size before
-            return [outcome for start in range(0, len(jobs), self.batch_limit)
-                    for outcome in self.denoise_batch(jobs[start : start + self.batch_limit], negative_prompt, settings)]
+            size = self.batch_limit
+            return [outcome for start in range(0, len(jobs), size)
+                    for outcome in self.denoise_batch(jobs[start : start + size], negative_prompt, settings)]
         pipe = self.pipe
         device, dtype = pipe.unet.device, pipe.unet.dtype
         outcomes = [ImageOutcome() for _ in jobs]
@@ -455,7 +458,8 @@ class Sampler:
             try:
                 plan = outcome.plan = job.method.prepare(job.context)
                 if len(plan.steps) != settings.steps:
-                    raise ValueError(f"method {job.method.name} planned {len(plan.steps)} steps, expected {settings.steps}")
+                    raise ValueError(f"method {job.method.name} planned {len(plan.steps)} steps, expected "
+                                     f"{settings.steps}")
                 self._merge_for_plan(plan, keep=wanted)
                 wanted |= {recipe.name for recipe in plan.merged_adapters}
                 texts[image] = self._encode_prompts(plan, job.context.prompt, negative_prompt)
