@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             sampler = samplers[method_name]
             sampler.adapters.forget()
-            jobs = [ImageJob(METHODS.get(method_name)(), ImageContext(
-                specs, SCALE, prompt, steps, sampler.importance_embedder(METHODS.get(method_name)()),
-                sampler.lora_deltas), seed) for seed in range(args.batch_size)]
+            methods = [METHODS.get(method_name)() for _ in range(args.batch_size)]  # one instance per image
+            jobs = [ImageJob(method, ImageContext(specs, SCALE, prompt, steps, sampler.importance_embedder(method),
+                                                  sampler.lora_deltas), seed) for seed, method in enumerate(methods)]
             reset_peak_memory(device)
             started = time.perf_counter()
             outcomes = sampler.generate_batch(jobs, "", settings)

@@ -1,5 +1,5 @@
-"""``make demo`` / ``python -m harness demo``: every method on the embedded default testbed, scored, with a
-printed leaderboard. The default is the toy world when its built assets are present, else the tiny
+"""``make demo`` / ``python -m harness demo``: the full benchmark's six methods on every set of the embedded default
+testbed, scored, with a printed leaderboard. The default is the toy world when its built assets are present, else the tiny
 random testbed (which runs every code path but whose images mean nothing)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from harness.config import RunConfig
 from harness.paths import CONF_DIR, PROJECT_ROOT
 from harness.rating.cli import simulated_study
 from harness.rating.study import StudyError
-from harness.store import LEADERBOARD_FILE, iter_failures, read_testbed_info
+from harness.store import LEADERBOARD_FILE, iter_failures, iter_images, read_testbed_info
 from harness.workflow import finish_results
 
 # The six methods of the issue's full benchmark, heaviest first (the joblib launcher starts them in this order, so
@@ -74,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     subset = [f"limit_per_n={args.sets_per_n}"] if args.sets_per_n else []
     overrides = [f"batch_size={args.batch_size}", *args.overrides]
     jobs = args.jobs or max(1, min(len(args.methods), os.cpu_count() or 1))
-    code = generate(testbed, args.methods, subset, overrides, jobs)
-    generated = time.perf_counter() - started
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # a wrong override stops us here
         config = RunConfig.from_hydra(compose("config", overrides=[f"testbed={testbed}", *subset, *overrides]))
     output_dir = config.settings.output_dir
+    code = generate(testbed, args.methods, subset, overrides, jobs)
+    generated = time.perf_counter() - started
+    if code and not any(True for _ in iter_images(output_dir, args.methods)):
+        print(f"demo: generation failed (exit code {code}; its error is above) and made no image: nothing to score")
+        return code
     finish_results(output_dir, config.metrics, tables=False)  # every method at once: one model load per metric
     scored = time.perf_counter() - started
     if testbed == "toy":  # the oracle rates the images as three noisy raters -> agreement.csv (docs/rating.md)

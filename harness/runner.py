@@ -460,6 +460,11 @@ def run(testbed: Testbed, method: CompositionMethod, method_label: str, settings
     sets = select_sets(testbed.sets(), list(settings.n or []), list(settings.sets or []) or None, settings.limit,
                        settings.shard, settings.limit_per_n)
     seeds = list(settings.seeds) if settings.seeds is not None else testbed.seeds
+    largest = max((composition.n for composition in sets), default=0)
+    if largest > settings.adapter_cache:
+        raise ConfigError(f"adapter_cache={settings.adapter_cache} holds fewer LoRAs than a set of this run has "
+                          f"({largest}); every LoRA of a set must stay loaded while its images are made. Fix: "
+                          f"adapter_cache={max(largest, 32)} (the default 32 also lets batches span sets).")
     write_testbed_info(settings.output_dir, testbed.analysis_info())
     runner = Runner(testbed, method, method_label, settings.output_dir, settings.device, settings.dtype,
                     settings.batching, settings.seed_mode, settings.adapter_cache, settings.lora_min_applied,

@@ -24,3 +24,10 @@ def test_demo_generates_every_method_in_parallel_jobs_and_builds_the_tables(tmp_
     assert len([job for job in multirun.iterdir() if job.is_dir()]) == 2  # one Hydra job per method
     assert "demo: 2 methods on tiny" in capsys.readouterr().out
     assert json.loads((output / "testbed.json").read_text())["name"] == "tiny"
+
+
+def test_demo_stops_after_a_generation_that_made_nothing(tmp_path, capsys):
+    code = demo.main(["--testbed", "tiny", "--methods", "no_such_method", "--sets-per-n", "1",
+                      f"output_dir={tmp_path / 'demo'}"])
+    assert code != 0
+    assert "made no image: nothing to score" in capsys.readouterr().out

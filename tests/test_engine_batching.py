@@ -289,3 +289,13 @@ def test_a_batch_too_big_for_the_device_is_made_in_halves_and_later_batches_stay
         assert (single - outcome.latents).abs().max() <= 1e-4 * max(1.0, single.abs().max())
     assert sampler.batch_limit is not None and sampler.batch_limit < len(images)
     assert max(widest) <= 8
+
+
+def test_an_adapter_cache_smaller_than_a_set_is_refused_before_any_work(tiny_testbed_dir, tmp_path):
+    from harness.runner import run
+
+    testbed = tiny_testbed(tiny_testbed_dir)
+    with pytest.raises(ConfigError, match="adapter_cache=2 holds fewer LoRAs than a set of this run has \\(3\\)"):
+        run(testbed, METHODS.get("merge")(), "merge", RunSettings(output_dir=tmp_path, adapter_cache=2, n=(3,),
+                                                                  device="cpu"))
+    assert not list(tmp_path.rglob("*.png"))
